@@ -1,0 +1,278 @@
+"""Multi-head FAVOR attention as a Trax layer.
+
+`FavorAttention` is self-attention over [batch, length, d_model] whose softmax
+kernel exp(q . k / sqrt(d)) is estimated with random features (FAVOR+,
+Choromanski et al., "Rethinking Attention with Performers", ICLR 2021), so time
+and memory grow linearly with the length. The math is in `favor_trax.ops`.
+This module adds the dense projections, the random projection matrix in the
+layer state, its redraw policy, and the train, eval and predict modes.
+"""
+
+
+from typing import Callable, NamedTuple
+
+from absl import logging
+import gin
+import jax
+import jax.numpy as jnp
+from trax.layers import base
+from trax.layers import initializers
+
+from favor_trax.ops import features
+from favor_trax.ops import linear_attention
+from favor_trax.ops import projections
+
+
+class Kernel(NamedTuple):
+  """A feature map and how the layer applies it.
+
+  Attributes:
+    feature_fn: function (x, projection) -> `features.Features`.
+    features_per_row: number of features per projection row.
+    scales_inputs: whether q and k are scaled by d^-1/4 first, so that a
+      softmax-kernel estimate of exp(x . y) becomes exp(q . k / sqrt(d)).
+  """
+  feature_fn: Callable[..., features.Features]
+  features_per_row: int
+  scales_inputs: bool
+
+
+KERNELS = {
+    'positive_softmax': Kernel(features.positive_softmax_features, 1, True),
+    'hyperbolic_softmax': Kernel(features.hyperbolic_softmax_features, 2,
+                                 True),
+    'relu': Kernel(features.relu_features, 1, False),
+}
+MODES = ('train', 'eval', 'predict')
+
+
+def _raw_key(rng):
+  """Return `rng` as raw uint32 key data, which pickles with the layer state."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(rng)
+  return rng
+
+
+@gin.configurable(module='favor_trax')
+class FavorAttention(base.Layer):
+  """Multi-head self-attention with FAVOR random-feature kernels.
+
+  Input x of shape [batch, length, d_model] goes through dense projections to
+  q, k of shape [batch, length, n_heads, d_qk] and v of shape
+  [batch, length, n_heads, d_v]. Random features of q and k give linear
+  attention per head, and a dense projection maps the heads back to
+  [batch, length, d_model].
+
+  Weights: ((w_q, b_q), (w_k, b_k), (w_v, b_v), (w_o, b_o)), where w_q has
+  shape [d_model, n_heads * d_qk] and w_o has shape [n_heads * d_v, d_model].
+
+  State: (projection, redraw_key, step). `projection` is the random matrix of
+  shape [n_random_features, d_qk] shared by all heads, so checkpoints save it.
+  Projection number i is `orthogonal_gaussian_matrix(fold_in(redraw_key, i))`.
+  At init it is number 0. In train mode, forward call number s (from 0)
+  uses number floor(s / redraw_every) and stores it, so a redraw happens at
+  every call where s is a positive multiple of redraw_every. `step` counts
+  train-mode calls. Eval and predict never redraw and never change `step`.
+  Predict mode appends the decoding sums (kv_sum, k_sum, max_log_scale) of
+  `favor_trax.ops.linear_attention.CausalState`.
+
+  NOTE: a predict-mode layer draws its own projection at init. To decode with
+  a trained model, copy the projection from the trained state along with the
+  weights.
+  """
+
+  def __init__(self, d_model, n_heads=1, d_qk=None, d_v=None,
+               n_random_features=256, causal=False,
+               chunk_size=linear_attention.DEFAULT_CHUNK_SIZE,
+               redraw_every=0, kernel='positive_softmax', dropout=0.0,
+               mode='train'):
+    """Create a FAVOR attention layer.
+
+    Args:
+      d_model: input and output depth.
+      n_heads: number of attention heads.
+      d_qk: query and key depth per head, or None for d_model // n_heads.
+      d_v: value depth per head, or None for d_model // n_heads.
+      n_random_features: number of projection rows m. 'hyperbolic_softmax'
+        makes 2m features from them.
+      causal: if True, position i attends only to positions j <= i.
+      chunk_size: positions per scan step of causal attention.
+      redraw_every: in train mode, draw a new projection every this many
+        calls, or 0 to keep the initial projection.
+      kernel: 'positive_softmax', 'hyperbolic_softmax' or 'relu'.
+      dropout: dropout rate, accepted but not applied.
+      mode: 'train', 'eval' or 'predict'. Predict mode decodes with carried
+        sums and needs causal=True.
+    """
+    super().__init__(n_in=1, n_out=1)
+    for name, value in (('d_model', d_model), ('n_heads', n_heads)):
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}.')
+    d_qk = d_model // n_heads if d_qk is None else d_qk
+    d_v = d_model // n_heads if d_v is None else d_v
+    for name, value in (('d_qk', d_qk), ('d_v', d_v),
+                        ('n_random_features', n_random_features),
+                        ('chunk_size', chunk_size)):
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive int, got {value!r}.')
+    if not isinstance(redraw_every, int) or redraw_every < 0:
+      raise ValueError(
+          f'redraw_every must be an int >= 0 (0 never redraws), got '
+          f'{redraw_every!r}.')
+    if kernel not in KERNELS:
+      raise ValueError(
+          f'kernel must be one of {sorted(KERNELS)}, got {kernel!r}.')
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f'dropout must be in [0, 1), got {dropout!r}.')
+    if mode not in MODES:
+      raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+    if mode == 'predict' and not causal:
+      raise ValueError(
+          'mode "predict" decodes one position after another and needs '
+          'causal=True, got causal=False.')
+    if dropout > 0:
+      # NOTE: FAVOR attention forms no attention matrix to drop entries from,
+      # so dropout is accepted for interface compatibility and not applied.
+      logging.warning('FavorAttention ignores dropout=%s.', dropout)
+
+    self._d_model = d_model
+    self._n_heads = n_heads
+    self._d_qk = d_qk
+    self._d_v = d_v
+    self._n_random_features = n_random_features
+    self._causal = causal
+    self._chunk_size = chunk_size
+    self._redraw_every = redraw_every
+    self._kernel = kernel
+    self._mode = mode
+
+  def draw_projection(self, redraw_key, index):
+    """Return projection number `index`, of shape [n_random_features, d_qk]."""
+    return projections.orthogonal_gaussian_matrix(
+        jax.random.fold_in(redraw_key, index), self._n_random_features,
+        self._d_qk)
+
+  def init_weights_and_state(self, input_signature):
+    """Initialize the dense weights (Glorot uniform, zero biases) and state."""
+    shape = input_signature.shape
+    if len(shape) != 3 or shape[-1] != self._d_model:
+      raise ValueError(
+          f'input must have shape [batch, length, d_model={self._d_model}], '
+          f'got shape {shape}.')
+    q_key, k_key, v_key, out_key, redraw_key = jax.random.split(self.rng, 5)
+    redraw_key = _raw_key(redraw_key)
+    initializer = initializers.GlorotUniformInitializer()
+
+    def dense(key, n_in, n_out):
+      return (initializer((n_in, n_out), key), jnp.zeros((n_out,), jnp.float32))
+
+    self.weights = (
+        dense(q_key, self._d_model, self._n_heads * self._d_qk),
+        dense(k_key, self._d_model, self._n_heads * self._d_qk),
+        dense(v_key, self._d_model, self._n_heads * self._d_v),
+        dense(out_key, self._n_heads * self._d_v, self._d_model),
+    )
+
+    state = (self.draw_projection(redraw_key, 0), redraw_key,
+             jnp.zeros((), jnp.int32))
+    if self._mode == 'predict':
+      n_features = (KERNELS[self._kernel].features_per_row *
+                    self._n_random_features)
+      decode_state = linear_attention.init_causal_state(
+          shape[0], self._n_heads, n_features, self._d_v)
+      state += (tuple(decode_state),)
+    self.state = state
+
+  def forward(self, x):
+    """Apply attention to x of shape [batch, length, d_model].
+
+    Returns:
+      Array of shape [batch, length, d_model].
+    """
+    if x.ndim != 3 or x.shape[-1] != self._d_model:
+      raise ValueError(
+          f'input must have shape [batch, length, d_model={self._d_model}], '
+          f'got shape {x.shape}.')
+    projection, redraw_key, step = self.state[:3]
+    if self._mode == 'train':
+      projection = self._projection_for_step(projection, redraw_key, step)
+      step = step + 1
+
+    q, k, v = self._project_inputs(x)
+    q_features, k_features = self._features(q, k, projection)
+    if self._mode == 'predict':
+      attended, decode_state = self._decode(q_features, k_features, v,
+                                            self.state[3])
+      self.state = (projection, redraw_key, step, decode_state)
+    else:
+      attended = self._attend(q_features, k_features, v)
+      self.state = (projection, redraw_key, step)
+
+    batch, length = x.shape[:2]
+    attended = attended.reshape(batch, length, self._n_heads * self._d_v)
+    w_out, b_out = self.weights[3]
+    return jnp.dot(attended, w_out) + b_out
+
+  def _projection_for_step(self, projection, redraw_key, step):
+    """Return the projection of train call `step`, redrawing on multiples."""
+    if not self._redraw_every:
+      return projection
+
+    def redraw():
+      index = step // self._redraw_every
+      return self.draw_projection(redraw_key, index).astype(projection.dtype)
+
+    is_redraw_step = (step > 0) & (step % self._redraw_every == 0)
+    return jax.lax.cond(is_redraw_step, redraw, lambda: projection)
+
+  def _project_inputs(self, x):
+    """Return q, k [batch, length, heads, d_qk] and v [..., heads, d_v]."""
+    batch, length = x.shape[:2]
+    heads = []
+    for (w, b), depth in zip(self.weights[:3],
+                             (self._d_qk, self._d_qk, self._d_v)):
+      y = jnp.dot(x, w) + b
+      heads.append(y.reshape(batch, length, self._n_heads, depth))
+    return tuple(heads)
+
+  def _features(self, q, k, projection):
+    """Return the `Features` of q and k."""
+    kernel = KERNELS[self._kernel]
+    if kernel.scales_inputs:
+      # phi(x) . phi(y) estimates exp(x . y). With x = q d^-1/4 and
+      # y = k d^-1/4 that is exp(q . k / sqrt(d)).
+      input_scale = self._d_qk ** -0.25
+      q = q * input_scale
+      k = k * input_scale
+    return kernel.feature_fn(q, projection), kernel.feature_fn(k, projection)
+
+  def _attend(self, q_features, k_features, v):
+    """Return attention outputs of shape [batch, length, heads, d_v]."""
+    # Per-query log scales cancel in the normalization, so only the key
+    # scales are passed on.
+    if self._causal:
+      return linear_attention.causal_linear_attention(
+          q_features.values, k_features.values, v,
+          key_log_scale=k_features.log_scale, chunk_size=self._chunk_size)
+    return linear_attention.bidirectional_linear_attention(
+        q_features.values, k_features.values, v,
+        key_log_scale=k_features.log_scale)
+
+  def _decode(self, q_features, k_features, v, decode_state):
+    """Attend positions one by one from the carried sums.
+
+    Returns:
+      (outputs of shape [batch, length, heads, d_v], new decode state).
+    """
+    def step_fn(state, position):
+      q_values, k_values, k_log_scale, values = position
+      return linear_attention.causal_linear_attention_step(
+          state, q_values, k_values, values, key_log_scale=k_log_scale)
+
+    positions = tuple(
+        jnp.moveaxis(array, 1, 0)
+        for array in (q_features.values, k_features.values,
+                      k_features.log_scale, v))
+    state, outputs = jax.lax.scan(
+        step_fn, linear_attention.CausalState(*decode_state), positions)
+    return jnp.moveaxis(outputs, 0, 1), tuple(state)

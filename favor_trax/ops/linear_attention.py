@@ -1,0 +1,363 @@
+"""Linear attention over feature maps: bidirectional, causal, decode step.
+
+With features phi (see `favor_trax.ops.features`), attention becomes
+
+    out_i = sum_j phi(q_i) . phi(k_j) v_j / sum_j phi(q_i) . phi(k_j)
+          = phi(q_i) . S / phi(q_i) . z,   S = sum_j phi(k_j) v_j^T,
+                                           z = sum_j phi(k_j),
+
+which costs O(L m d) instead of O(L^2 d) (FAVOR+, Choromanski et al.,
+"Rethinking Attention with Performers", ICLR 2021). In causal attention
+the sums run over j <= i.
+
+Key scales. Feature maps return phi(k_j) = values_j * exp(c_j) with a per-key
+log scale c_j. Each query i uses one reference maximum M_i >= c_j over all
+keys it attends to and weighs key j by values_j * exp(c_j - M_i) <= values_j.
+The factor exp(M_i) is common to the numerator and the denominator, so it
+cancels. In the causal case M_i = max_{j <= i} c_j is a running maximum, so no
+output depends on a later key, even on its scale. All log scales are under
+stop_gradient because they cancel exactly.
+
+Query scales cancel the same way and are not taken as arguments.
+
+All sums run in float32 (float64 for float64 input), and outputs have the
+dtype of v.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+DEFAULT_CHUNK_SIZE = 128
+
+
+class CausalState(NamedTuple):
+  """Sums over the keys seen so far, stored relative to their maximum scale.
+
+  Attributes:
+    kv_sum: S = sum_j exp(c_j - max_log_scale) values(k_j) v_j^T, shape
+      [batch, heads, n_features, depth_v].
+    k_sum: z = sum_j exp(c_j - max_log_scale) values(k_j), shape
+      [batch, heads, n_features].
+    max_log_scale: max_j c_j, shape [batch, heads]. Before the first key it is
+      the dtype's minimum finite value in place of -inf, so that the
+      difference of two maxima is never the nan of -inf - (-inf).
+  """
+  kv_sum: jax.Array
+  k_sum: jax.Array
+  max_log_scale: jax.Array
+
+
+def _compute_dtype(*arrays):
+  dtype = jnp.float32
+  for array in arrays:
+    dtype = jnp.promote_types(dtype, array.dtype)
+  return dtype
+
+
+def _safe_denominator(denominator):
+  """Move denominators of magnitude below sqrt(tiny) to +-sqrt(tiny).
+
+  For non-negative features |numerator| <= denominator * max|v|, so the
+  quotient stays bounded. sqrt(tiny) keeps denominator^2 a normal number, so
+  the gradient numerator / denominator^2 stays finite.
+  """
+  floor = jnp.sqrt(jnp.finfo(denominator.dtype).tiny).astype(
+      denominator.dtype)
+  sign = jnp.where(denominator < 0, -1, 1).astype(denominator.dtype)
+  return jnp.where(jnp.abs(denominator) < floor, sign * floor, denominator)
+
+
+def _validate_features(q_features, k_features, v, key_log_scale):
+  if q_features.ndim != 4 or k_features.ndim != 4 or v.ndim != 4:
+    raise ValueError(
+        f'q_features, k_features and v must have shape [batch, length, '
+        f'heads, size], got shapes {q_features.shape}, {k_features.shape} '
+        f'and {v.shape}.')
+  if (q_features.shape[0] != k_features.shape[0] or
+      q_features.shape[2:] != k_features.shape[2:]):
+    raise ValueError(
+        f'k_features must have the batch, heads and n_features of '
+        f'q_features {q_features.shape}, got shape {k_features.shape}.')
+  if v.shape[:3] != k_features.shape[:3]:
+    raise ValueError(
+        f'v must have the batch, length and heads of k_features '
+        f'{k_features.shape}, got shape {v.shape}.')
+  if key_log_scale is not None and key_log_scale.shape != k_features.shape[:3]:
+    raise ValueError(
+        f'key_log_scale must have shape [batch, length, heads] = '
+        f'{k_features.shape[:3]}, got shape {key_log_scale.shape}.')
+
+
+def _key_log_scale_or_zeros(k_features, key_log_scale, dtype):
+  if key_log_scale is None:
+    return jnp.zeros(k_features.shape[:3], dtype)
+  return jax.lax.stop_gradient(key_log_scale.astype(dtype))
+
+
+def bidirectional_linear_attention(q_features, k_features, v, key_mask=None,
+                                   key_log_scale=None):
+  """Compute non-causal linear attention over all unmasked keys.
+
+  out_i = phi(q_i) . S / phi(q_i) . z with S = sum_j phi(k_j) v_j^T and
+  z = sum_j phi(k_j) over unmasked keys. Key j enters as
+  k_features_j * exp(key_log_scale_j - M), with M the maximum log scale over
+  the unmasked keys of the example and head. A query with no unmasked key,
+  or with all weights 0, gets output 0.
+
+  Args:
+    q_features: query features of shape [batch, query_length, heads, m].
+    k_features: key features of shape [batch, key_length, heads, m].
+    v: values of shape [batch, key_length, heads, depth_v].
+    key_mask: optional bool array of shape [batch, key_length]. False marks
+      a padded key, which adds to neither S nor z.
+    key_log_scale: optional per-key log scale of shape
+      [batch, key_length, heads], the `log_scale` of `Features`. None means 0.
+
+  Returns:
+    Array of shape [batch, query_length, heads, depth_v] in the dtype of v.
+  """
+  _validate_features(q_features, k_features, v, key_log_scale)
+  batch, key_length = k_features.shape[:2]
+  if key_mask is None:
+    key_mask = jnp.ones((batch, key_length), dtype=bool)
+  elif key_mask.shape != (batch, key_length):
+    raise ValueError(
+        f'key_mask must have shape [batch, key_length] = '
+        f'{(batch, key_length)}, got shape {key_mask.shape}.')
+  return _bidirectional_linear_attention(q_features, k_features, v, key_mask,
+                                         key_log_scale)
+
+
+@jax.jit
+def _bidirectional_linear_attention(q_features, k_features, v, key_mask,
+                                    key_log_scale):
+  """Compute `bidirectional_linear_attention` on validated inputs."""
+  dtype = _compute_dtype(q_features, k_features, v)
+  q = q_features.astype(dtype)
+  valid = key_mask.astype(bool)[:, :, None]
+  log_scale = _key_log_scale_or_zeros(k_features, key_log_scale, dtype)
+
+  # Key weights are exp(c_j - M) <= 1 for M = max of c over the valid keys.
+  # Masked keys get weight 0, and the where keeps their inf or nan out of the
+  # sums.
+  log_scale = jnp.where(valid, log_scale, -jnp.inf)
+  max_log_scale = jnp.max(log_scale, axis=1, keepdims=True, initial=-jnp.inf)
+  max_log_scale = jnp.where(jnp.isfinite(max_log_scale), max_log_scale, 0)
+  key_weights = jnp.exp(log_scale - max_log_scale)
+  k = jnp.where(valid[..., None],
+                k_features.astype(dtype) * key_weights[..., None], 0)
+  values = jnp.where(valid[..., None], v.astype(dtype), 0)
+
+  kv_sum = jnp.einsum('blhm,blhd->bhmd', k, values)
+  k_sum = jnp.sum(k, axis=1)
+
+  numerator = jnp.einsum('blhm,bhmd->blhd', q, kv_sum)
+  denominator = jnp.einsum('blhm,bhm->blh', q, k_sum)
+  out = numerator / _safe_denominator(denominator)[..., None]
+  return out.astype(v.dtype)
+
+
+def init_causal_state(batch_size, n_heads, n_features, depth_v,
+                      dtype=jnp.float32):
+  """Return the `CausalState` of a sequence with no keys yet.
+
+  Args:
+    batch_size: batch size.
+    n_heads: number of heads.
+    n_features: feature size m.
+    depth_v: value depth per head.
+    dtype: dtype of the sums, float32 unless the inputs are float64.
+
+  Returns:
+    `CausalState` with zero sums of shapes [batch, heads, m, depth_v] and
+    [batch, heads, m].
+  """
+  return CausalState(
+      kv_sum=jnp.zeros((batch_size, n_heads, n_features, depth_v), dtype),
+      k_sum=jnp.zeros((batch_size, n_heads, n_features), dtype),
+      max_log_scale=jnp.full((batch_size, n_heads), jnp.finfo(dtype).min,
+                             dtype))
+
+
+def _causal_chunk(state, chunk):
+  """Attend one chunk of C positions, then add its keys to the state.
+
+  Args:
+    state: `CausalState` over all earlier chunks.
+    chunk: (q, k, v, c) of shapes [B, C, H, m], [B, C, H, m], [B, C, H, dv]
+      and [B, C, H], where c is the key log scale.
+
+  Returns:
+    (new state, outputs of shape [B, C, H, dv]).
+  """
+  q, k, v, c = chunk
+  chunk_size = q.shape[1]
+  previous_max = state.max_log_scale[:, None, :]
+
+  # m_i = max(M_prev, max_{j <= i in chunk} c_j), the reference of query i.
+  running_max = jnp.maximum(previous_max, jax.lax.cummax(c, axis=1))
+
+  # Earlier chunks: S and z are stored relative to M_prev, so relative to m_i
+  # they carry the factor exp(M_prev - m_i) <= 1.
+  carry_decay = jnp.exp(previous_max - running_max)
+  numerator = jnp.einsum('bchm,bhmd->bchd', q, state.kv_sum)
+  numerator = numerator * carry_decay[..., None]
+  denominator = jnp.einsum('bchm,bhm->bch', q, state.k_sum) * carry_decay
+
+  # This chunk: weight_ij = phi(q_i) . values(k_j) exp(c_j - m_i) for j <= i.
+  # The where runs before exp so that keys j > i never produce inf.
+  is_causal = jnp.tril(jnp.ones((chunk_size, chunk_size), dtype=bool))
+  key_exponent = (jnp.swapaxes(c, 1, 2)[:, :, None, :] -
+                  jnp.swapaxes(running_max, 1, 2)[:, :, :, None])
+  key_factor = jnp.exp(jnp.where(is_causal, key_exponent, -jnp.inf))
+  scores = jnp.einsum('bihm,bjhm->bhij', q, k)
+  weights = jnp.where(is_causal, scores * key_factor, 0)
+  numerator = numerator + jnp.einsum('bhij,bjhd->bihd', weights, v)
+  denominator = denominator + jnp.swapaxes(jnp.sum(weights, axis=-1), 1, 2)
+  out = numerator / _safe_denominator(denominator)[..., None]
+
+  # New state relative to M_new = m at the last position of the chunk:
+  # S_new = S exp(M_prev - M_new) + sum_j exp(c_j - M_new) values(k_j) v_j^T.
+  new_max = running_max[:, -1, :]
+  state_decay = jnp.exp(state.max_log_scale - new_max)
+  weighted_k = k * jnp.exp(c - new_max[:, None, :])[..., None]
+  kv_sum = (state.kv_sum * state_decay[..., None, None] +
+            jnp.einsum('bchm,bchd->bhmd', weighted_k, v))
+  k_sum = state.k_sum * state_decay[..., None] + jnp.sum(weighted_k, axis=1)
+  return CausalState(kv_sum, k_sum, new_max), out
+
+
+def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
+                            chunk_size=DEFAULT_CHUNK_SIZE):
+  """Compute causal linear attention: query i attends to keys j <= i.
+
+  out_i = phi(q_i) . S_i / phi(q_i) . z_i with S_i = sum_{j <= i} phi(k_j)
+  v_j^T and z_i = sum_{j <= i} phi(k_j). The sequence is cut into chunks of
+  `chunk_size` positions. A `jax.lax.scan` over the chunks carries
+  `CausalState`, and each chunk adds its own keys with a masked
+  [chunk, chunk] score matrix. The scan body is rematerialized in the backward
+  pass (`jax.checkpoint`), so the backward pass stores one state per chunk and
+  no array of size length * m * depth_v exists. Key scales use the running
+  maximum described in the module docstring.
+
+  Args:
+    q_features: query features of shape [batch, length, heads, m].
+    k_features: key features of shape [batch, length, heads, m].
+    v: values of shape [batch, length, heads, depth_v].
+    key_log_scale: optional per-key log scale of shape
+      [batch, length, heads], the `log_scale` of `Features`. None means 0.
+    chunk_size: positive int, the number of positions per scan step. A
+      length that is not a multiple is padded at the end, and the padding is
+      cut from the output.
+
+  Returns:
+    Array of shape [batch, length, heads, depth_v] in the dtype of v.
+  """
+  _validate_features(q_features, k_features, v, key_log_scale)
+  if q_features.shape[1] != k_features.shape[1]:
+    raise ValueError(
+        f'causal attention needs equal query and key lengths, got '
+        f'q_features of shape {q_features.shape} and k_features of shape '
+        f'{k_features.shape}.')
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+
+  length = k_features.shape[1]
+  if length == 0:
+    return jnp.zeros(v.shape, v.dtype)
+
+  return _causal_linear_attention(q_features, k_features, v, key_log_scale,
+                                  min(chunk_size, length))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _causal_linear_attention(q_features, k_features, v, key_log_scale,
+                             chunk_size):
+  """Run the chunked scan of `causal_linear_attention` on validated inputs."""
+  batch, length, n_heads, n_features = k_features.shape
+  depth_v = v.shape[-1]
+  dtype = _compute_dtype(q_features, k_features, v)
+  log_scale = _key_log_scale_or_zeros(k_features, key_log_scale, dtype)
+  n_chunks = -(-length // chunk_size)
+  padding = n_chunks * chunk_size - length
+
+  # Padding goes after the last position, so causality keeps it out of every
+  # real output.
+  def to_chunks(array):
+    array = array.astype(dtype)
+    pad_widths = [(0, 0), (0, padding)] + [(0, 0)] * (array.ndim - 2)
+    array = jnp.pad(array, pad_widths)
+    array = array.reshape((batch, n_chunks, chunk_size) + array.shape[2:])
+    return jnp.moveaxis(array, 1, 0)
+
+  chunks = tuple(to_chunks(array)
+                 for array in (q_features, k_features, v, log_scale))
+  initial_state = init_causal_state(batch, n_heads, n_features, depth_v, dtype)
+  _, out = jax.lax.scan(jax.checkpoint(_causal_chunk, prevent_cse=False),
+                        initial_state, chunks)
+
+  out = jnp.moveaxis(out, 0, 1).reshape(
+      (batch, n_chunks * chunk_size, n_heads, depth_v))
+  return out[:, :length].astype(v.dtype)
+
+
+def causal_linear_attention_step(state, q_features, k_features, v,
+                                 key_log_scale=None):
+  """Add one position's key to `state` and attend its query, for decoding.
+
+  Running this step over positions 0, 1, ... gives the outputs of
+  `causal_linear_attention`.
+
+  Args:
+    state: `CausalState` over the earlier positions (`init_causal_state` for
+      the first).
+    q_features: query features of shape [batch, heads, m].
+    k_features: key features of shape [batch, heads, m].
+    v: values of shape [batch, heads, depth_v].
+    key_log_scale: optional log scale of the key, shape [batch, heads].
+      None means 0.
+
+  Returns:
+    (new `CausalState`, output of shape [batch, heads, depth_v] in the dtype
+    of v).
+  """
+  expected = state.k_sum.shape
+  if q_features.shape != expected or k_features.shape != expected:
+    raise ValueError(
+        f'q_features and k_features must have shape [batch, heads, m] = '
+        f'{expected} to match the state, got shapes {q_features.shape} and '
+        f'{k_features.shape}.')
+  if v.shape != expected[:2] + state.kv_sum.shape[-1:]:
+    raise ValueError(
+        f'v must have shape [batch, heads, depth_v] = '
+        f'{expected[:2] + state.kv_sum.shape[-1:]}, got shape {v.shape}.')
+  if key_log_scale is not None and key_log_scale.shape != expected[:2]:
+    raise ValueError(
+        f'key_log_scale must have shape [batch, heads] = {expected[:2]}, got '
+        f'shape {key_log_scale.shape}.')
+
+  dtype = state.kv_sum.dtype
+  q = q_features.astype(dtype)
+  k = k_features.astype(dtype)
+  if key_log_scale is None:
+    log_scale = jnp.zeros(expected[:2], dtype)
+  else:
+    log_scale = jax.lax.stop_gradient(key_log_scale.astype(dtype))
+
+  # Rebase the sums from M_prev to M_new = max(M_prev, c), then add
+  # exp(c - M_new) values(k) v^T. Both factors are <= 1.
+  new_max = jnp.maximum(state.max_log_scale, log_scale)
+  state_decay = jnp.exp(state.max_log_scale - new_max)
+  weighted_k = k * jnp.exp(log_scale - new_max)[..., None]
+  kv_sum = (state.kv_sum * state_decay[..., None, None] +
+            weighted_k[..., None] * v.astype(dtype)[..., None, :])
+  k_sum = state.k_sum * state_decay[..., None] + weighted_k
+
+  numerator = jnp.einsum('bhm,bhmd->bhd', q, kv_sum)
+  denominator = jnp.einsum('bhm,bhm->bh', q, k_sum)
+  out = numerator / _safe_denominator(denominator)[..., None]
+  return CausalState(kv_sum, k_sum, new_max), out.astype(v.dtype)

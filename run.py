@@ -1,0 +1,70 @@
+r"""Train or evaluate a favor_trax model from gin config files.
+
+  python run.py --config_file gin/pg19/demo.gin --output_dir runs/demo
+  python run.py --config_file gin/pg19/base.gin --data_dir /data/pg19 \
+      --config 'PerformerLM.n_layers = 2' --output_dir runs/pg19
+
+Flags follow Trax's trainer: --config_file and --config repeat and apply in
+order; an unknown configurable or parameter is an error. Training resumes
+from the latest checkpoint in --output_dir. Both modes end by scoring every
+token of the evaluation splits and writing output_dir/eval_results.json.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+
+from favor_trax.training import config
+from tasks import experiment
+
+_CONFIG_FILES = flags.DEFINE_multi_string(
+    'config_file', [], 'Gin config file; repeat the flag to apply several in '
+    'order.')
+_CONFIG = flags.DEFINE_multi_string(
+    'config', [], "Gin binding such as 'PerformerLM.n_layers = 2', applied "
+    'after the files; repeatable.')
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None, 'Directory for checkpoints, TensorBoard events, the '
+    'operative gin config and eval_results.json.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval'], 'train: train (resuming from '
+    'output_dir), then evaluate. eval: evaluate the checkpoint in output_dir.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, "Local dataset directory; overrides the config's "
+    'data_dir.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not _CONFIG_FILES.value:
+    raise app.UsageError(
+        'Give at least one --config_file, for example gin/pg19/demo.gin.')
+  if not _OUTPUT_DIR.value:
+    raise app.UsageError('--output_dir is required.')
+
+  config.parse_gin(_CONFIG_FILES.value, _CONFIG.value)
+  output_dir = os.path.abspath(os.path.expanduser(_OUTPUT_DIR.value))
+  config.ensure_writable_dir(output_dir)
+
+  results = experiment.run_experiment(
+      output_dir=output_dir, mode=_MODE.value, data_dir=_DATA_DIR.value)
+  logging.info('results written to %s',
+               os.path.join(output_dir, 'eval_results.json'))
+  for split_results in results['splits']:
+    print(experiment.format_results(split_results))
+  return 0
+
+
+def run_main():
+  """Entry point of the favor_trax_run console script."""
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  sys.exit(run_main())

@@ -1,0 +1,174 @@
+"""The language-model job behind run.py: data, model, training, evaluation.
+
+`run_experiment` reads every choice from gin: the corpus, the model, the
+batch shape, the step count and the splits to score. It trains with
+`favor_trax.training.loop` (resuming from output_dir), then scores every token
+of each evaluation split once and writes output_dir/eval_results.json.
+"""
+
+import functools
+import itertools
+import json
+import os
+import time
+
+from absl import logging
+import gin
+from trax import shapes
+
+from favor_trax.models import performer_lm
+from favor_trax.training import loop as loop_lib
+from tasks import evaluation
+from tasks import metrics
+from tasks import pg19
+
+RESULTS_FILE = 'eval_results.json'
+
+
+def _resumable_batches(make_stream, start):
+  """Yield make_stream()'s batches from batch start['step'] on.
+
+  The stream is deterministic for its seed, so skipping the batches of the
+  steps taken before a restart continues the data order of the interrupted
+  run. `start` is read at the first batch, after the checkpoint is restored.
+  """
+  start_step = start['step']
+  if start_step:
+    logging.info('Skipping the %d training batches used before step %d.',
+                 start_step, start_step)
+  yield from itertools.islice(make_stream(), start_step, None)
+
+
+def format_results(results):
+  """Return one human-readable line of a split's scores."""
+  return (f"{results['split']} @ step {results['step']}: "
+          f"loss {results['nll_per_token']:.4f} nats/token, "
+          f"token perplexity {results['token_perplexity']:.3f}, "
+          f"bits/byte {results['bits_per_byte']:.4f}, "
+          f"word perplexity {results['word_perplexity']:.3f} "
+          f"({results['num_words']} words, {results['num_tokens']} tokens)")
+
+
+def evaluate_split(corpus, model, weights, state, split, batch_size, length,
+                   step):
+  """Score every token of `split` once and return the labelled results."""
+  statistics = corpus.split_statistics(split)
+  n_batches = corpus.eval_batch_count(split, batch_size, length)
+  logging.info('Evaluating %s: %d books, %d words, %d tokens in %d batches of '
+               '%d windows of %d tokens (non-overlapping windows, each book '
+               'from its first token).', split, statistics.num_books,
+               statistics.num_words, statistics.num_tokens, n_batches,
+               batch_size, length)
+  start = time.time()
+  nll, n_tokens = evaluation.total_log_loss(
+      model, weights, state, corpus.eval_stream(split, batch_size, length))
+  if int(n_tokens) != statistics.num_tokens:
+    raise RuntimeError(
+        f'Evaluation of {split} scored {int(n_tokens)} tokens but the split '
+        f'has {statistics.num_tokens}; the evaluation stream is inconsistent.')
+
+  results = {
+      'split': split,
+      'step': int(step),
+      'num_books': statistics.num_books,
+      'num_tokens': statistics.num_tokens,
+      'num_bytes': statistics.num_bytes,
+      'num_words': statistics.num_words,
+      'total_nll_nats': nll,
+      'eval_window': length,
+      'eval_stride': length,
+      'aggregation': ('corpus-level: each score divides the total NLL of the '
+                      'split by its total count of tokens, bytes or '
+                      'whitespace-separated words'),
+      'seconds': time.time() - start,
+  }
+  results.update(metrics.language_model_scores(
+      nll, statistics.num_tokens, statistics.num_bytes, statistics.num_words))
+  logging.info('%s', format_results(results))
+  return results
+
+
+@gin.configurable(module='favor_trax', denylist=['output_dir', 'mode',
+                                                 'data_dir'])
+def run_experiment(output_dir,
+                   mode='train',
+                   data_dir=None,
+                   corpus_fn=pg19.Pg19Corpus,
+                   model_fn=performer_lm.PerformerLM,
+                   batch_size=8,
+                   sequence_length=512,
+                   n_steps=1000,
+                   eval_splits=('validation',),
+                   eval_batch_size=None,
+                   seed=0):
+  """Train (mode 'train') and evaluate a language model; return the results.
+
+  Args:
+    output_dir: Directory for checkpoints and eval_results.json.
+    mode: 'train' trains up to n_steps (resuming from a checkpoint in
+      output_dir), then evaluates; 'eval' evaluates the checkpoint.
+    data_dir: Local dataset directory; when given, passed to corpus_fn.
+    corpus_fn: Factory of the corpus (see `tasks.pg19.Pg19Corpus`).
+    model_fn: Factory of the model, called with vocab_size and mode.
+    batch_size: Windows per training batch.
+    sequence_length: Tokens per window, in training and evaluation.
+    n_steps: Training steps in total, counting those of earlier runs.
+    eval_splits: Splits scored token by token at the end.
+    eval_batch_size: Windows per evaluation batch; defaults to batch_size.
+    seed: Seed of the data order, the weights and dropout.
+
+  Returns:
+    The dict written to output_dir/eval_results.json.
+  """
+  if mode not in ('train', 'eval'):
+    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+  corpus = corpus_fn(data_dir=data_dir) if data_dir else corpus_fn()
+  model_fn = functools.partial(model_fn,
+                               vocab_size=corpus.vocabulary.vocab_size)
+  eval_batch_size = eval_batch_size or batch_size
+
+  checkpoint = os.path.join(output_dir, 'model.pkl.gz')
+  if mode == 'eval' and not os.path.exists(checkpoint):
+    raise FileNotFoundError(
+        f'No checkpoint at {checkpoint}. Train first with --mode train and '
+        'the same --output_dir.')
+
+  start = {'step': 0}
+  train_batches = _resumable_batches(
+      lambda: corpus.train_stream(batch_size, sequence_length, seed), start)
+  periodic_eval_batches = itertools.cycle(
+      itertools.islice(corpus.eval_stream(eval_splits[0], eval_batch_size,
+                                          sequence_length), 16))
+  sample_batch = next(corpus.train_stream(batch_size, sequence_length, seed))
+  loop = loop_lib.make_loop(
+      model_fn, train_batches, periodic_eval_batches, sample_batch, output_dir,
+      total_steps=n_steps, tokens_per_step=batch_size * sequence_length,
+      random_seed=seed)
+  start['step'] = loop.step
+  if loop.step:
+    logging.info('Restored the checkpoint of step %d from %s.', loop.step,
+                 output_dir)
+
+  if mode == 'train' and loop.step < n_steps:
+    logging.info('Training from step %d to step %d.', loop.step, n_steps)
+    loop.run(n_steps - loop.step)
+    loop.save_checkpoint('model')
+
+  eval_model = model_fn(mode='eval')
+  eval_model.init(shapes.ShapeDtype((eval_batch_size, sequence_length),
+                                    'int32'))
+  results = {
+      'step': int(loop.step),
+      'data_source': corpus.source.describe(),
+      'splits': [
+          evaluate_split(corpus, eval_model, loop.model.weights,
+                         loop.model.state, split, eval_batch_size,
+                         sequence_length, loop.step)
+          for split in eval_splits
+      ],
+  }
+  path = os.path.join(output_dir, RESULTS_FILE)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return results

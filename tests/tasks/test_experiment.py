@@ -1,0 +1,204 @@
+"""Tests of the training job: training, resuming, results and bad input."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+
+from favor_trax.training import config
+from tasks import experiment
+from tasks import pg19
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PG19_MINI_DIR = REPO_ROOT / '..' / 'shared' / 'data' / 'pg19_mini'
+
+# A model small enough to train a step in well under a second on a CPU.
+TINY_BINDINGS = [
+    'run_experiment.batch_size = 4',
+    'run_experiment.sequence_length = 64',
+    "run_experiment.eval_splits = ('test',)",
+    'PerformerLM.d_model = 32',
+    'PerformerLM.d_ff = 64',
+    'PerformerLM.n_layers = 1',
+    'PerformerLM.n_heads = 2',
+    'PerformerLM.max_len = 64',
+    'PerformerLM.dropout = 0.0',
+    'favor_trax.FavorAttention.n_random_features = 32',
+    'make_loop.learning_rate = 0.003',
+    'make_loop.warmup_steps = 1',
+    'make_loop.steps_per_checkpoint = 5',
+    'make_loop.steps_per_eval = 100',
+    'make_loop.n_eval_batches = 1',
+]
+
+
+@pytest.fixture(name='corpus_dir', scope='module')
+def fixture_corpus_dir(tmp_path_factory):
+  return pg19.write_demo_corpus(tmp_path_factory.mktemp('corpus') / 'pg19')
+
+
+@pytest.fixture(autouse=True)
+def clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _run(output_dir, corpus_dir, n_steps, mode='train', extra=()):
+  gin.clear_config()
+  config.parse_gin(
+      [], TINY_BINDINGS + [f'run_experiment.n_steps = {n_steps}'] + list(extra))
+  return experiment.run_experiment(
+      output_dir=str(output_dir), mode=mode, data_dir=str(corpus_dir))
+
+
+def test_training_lowers_loss(tmp_path, corpus_dir):
+  before = _run(tmp_path / 'untrained', corpus_dir, n_steps=0)
+  after = _run(tmp_path / 'trained', corpus_dir, n_steps=20)
+
+  loss_before = before['splits'][0]['nll_per_token']
+  loss_after = after['splits'][0]['nll_per_token']
+  assert after['step'] == 20
+  assert loss_before > math.log(200)  # near uniform over 258 byte ids
+  assert loss_after < loss_before - 1.0
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, corpus_dir):
+  uninterrupted = _run(tmp_path / 'straight', corpus_dir, n_steps=10)
+  _run(tmp_path / 'resumed', corpus_dir, n_steps=5)
+  resumed = _run(tmp_path / 'resumed', corpus_dir, n_steps=10)
+
+  assert resumed['step'] == 10
+  straight_split = uninterrupted['splits'][0]
+  resumed_split = resumed['splits'][0]
+  np.testing.assert_allclose(resumed_split['total_nll_nats'],
+                             straight_split['total_nll_nats'], rtol=1e-5)
+
+
+def test_resume_restores_saved_weights(tmp_path, corpus_dir):
+  trained = _run(tmp_path, corpus_dir, n_steps=5)
+  evaluated = _run(tmp_path, corpus_dir, n_steps=5, mode='eval')
+
+  assert evaluated['step'] == 5
+  assert (evaluated['splits'][0]['total_nll_nats'] ==
+          trained['splits'][0]['total_nll_nats'])
+
+
+def test_results_file_has_labelled_metrics(tmp_path, corpus_dir):
+  _run(tmp_path, corpus_dir, n_steps=2)
+
+  with open(tmp_path / experiment.RESULTS_FILE, encoding='utf-8') as f:
+    results = json.load(f)
+  split = results['splits'][0]
+  assert split['split'] == 'test'
+  assert split['step'] == 2
+  statistics = pg19.Pg19Corpus(data_dir=corpus_dir).split_statistics('test')
+  assert split['num_tokens'] == statistics.num_tokens
+  assert split['num_words'] == statistics.num_words
+  nll = split['total_nll_nats']
+  assert split['token_perplexity'] == pytest.approx(
+      math.exp(nll / statistics.num_tokens))
+  assert split['word_perplexity'] == pytest.approx(
+      math.exp(nll / statistics.num_words))
+  assert split['bits_per_byte'] == pytest.approx(
+      nll / math.log(2) / statistics.num_bytes)
+
+
+def test_eval_without_checkpoint_fails(tmp_path, corpus_dir):
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    _run(tmp_path, corpus_dir, n_steps=1, mode='eval')
+
+
+def test_missing_data_dir_fails(tmp_path):
+  missing = tmp_path / 'no_such_pg19'
+  with pytest.raises(pg19.DataError, match=str(missing)):
+    _run(tmp_path / 'out', missing, n_steps=1)
+
+
+def test_gin_file_that_does_not_parse_fails(tmp_path):
+  path = tmp_path / 'broken.gin'
+  path.write_text('PerformerLM.d_model = (512\n')
+  with pytest.raises(config.ConfigError, match='broken.gin'):
+    config.parse_gin([str(path)], [])
+
+
+def test_gin_file_with_unknown_parameter_fails(tmp_path):
+  path = tmp_path / 'unknown.gin'
+  path.write_text('PerformerLM.d_modle = 512\n')
+  with pytest.raises(config.ConfigError, match='d_modle') as raised:
+    config.parse_gin([str(path)], [])
+  assert 'unknown.gin' in str(raised.value)
+
+
+def test_unknown_binding_fails():
+  with pytest.raises(config.ConfigError, match='NoSuchLayer.depth'):
+    config.parse_gin([], ['NoSuchLayer.depth = 3'])
+
+
+def test_missing_gin_file_fails(tmp_path):
+  with pytest.raises(config.ConfigError, match='not found'):
+    config.parse_gin([str(tmp_path / 'absent.gin')], [])
+
+
+def test_unwritable_output_dir_fails(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  with pytest.raises(OSError, match='not writable'):
+    config.ensure_writable_dir(str(blocker / 'run'))
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path, corpus_dir):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  command = [
+      sys.executable, str(REPO_ROOT / 'run.py'),
+      '--config_file', str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
+      '--data_dir', str(corpus_dir),
+      '--output_dir', str(blocker / 'run'),
+  ]
+  result = subprocess.run(command, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode != 0
+  assert 'not writable' in result.stderr
+  assert 'Training from step' not in result.stderr
+
+
+def test_run_py_trains_and_writes_results(tmp_path, corpus_dir):
+  command = [
+      sys.executable, str(REPO_ROOT / 'run.py'),
+      '--config_file', str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
+      '--data_dir', str(corpus_dir),
+      '--output_dir', str(tmp_path),
+      '--config', 'run_experiment.n_steps = 3',
+  ]
+  for binding in TINY_BINDINGS:
+    command += ['--config', binding]
+  result = subprocess.run(command, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'word perplexity' in result.stdout
+  assert os.path.exists(tmp_path / experiment.RESULTS_FILE)
+  assert os.path.exists(tmp_path / 'model.pkl.gz')
+
+
+@pytest.mark.skipif(not PG19_MINI_DIR.is_dir(),
+                    reason=f'PG-19 sample not found at {PG19_MINI_DIR}')
+def test_trains_on_pg19_mini(tmp_path):
+  results = _run(tmp_path, PG19_MINI_DIR, n_steps=2, extra=[
+      "run_experiment.eval_splits = ('validation', 'test')",
+      'run_experiment.eval_batch_size = 32',
+      'run_experiment.sequence_length = 256',
+      'PerformerLM.max_len = 256'])
+
+  assert [split['split'] for split in results['splits']] == [
+      'validation', 'test']
+  for split in results['splits']:
+    assert split['num_books'] == 1
+    assert math.isfinite(split['word_perplexity'])
