@@ -2,8 +2,8 @@
 
 The pins below are a set proven to work together on Python 3.11: `.ci/run`
 installs them into a fresh virtual environment and runs the test suite.
-Trax 1.4.1 predates this JAX; favor_trax/training/trax_compat.py holds the
-patches it needs.
+Trax 1.4.1 predates this JAX; favor_trax/training/trax_compat.py contains
+the patches it needs.
 """
 
 import setuptools

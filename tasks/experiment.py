@@ -157,9 +157,11 @@ def run_experiment(output_dir,
   eval_model = model_fn(mode='eval')
   eval_model.init(shapes.ShapeDtype((eval_batch_size, sequence_length),
                                     'int32'))
+  is_sample_corpus = getattr(corpus, 'is_sample_corpus', False)
   results = {
       'step': int(loop.step),
       'data_source': corpus.source.describe(),
+      'is_sample_corpus': is_sample_corpus,
       'splits': [
           evaluate_split(corpus, eval_model, loop.model.weights,
                          loop.model.state, split, eval_batch_size,
@@ -167,6 +169,11 @@ def run_experiment(output_dir,
           for split in eval_splits
       ],
   }
+  if is_sample_corpus:
+    logging.warning(
+        'These scores are on the bundled sample corpus (Python reference '
+        'text), not PG-19, and are not comparable with PG-19 results. Pass '
+        '--data_dir with a PG-19 directory to train and evaluate on PG-19.')
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2)

@@ -111,6 +111,8 @@ class Pg19Corpus:
       vocabulary = vocabulary_lib.ByteVocabulary()
     self.vocabulary = vocabulary
     self.shuffle_buffer_books = shuffle_buffer_books
+    # True when the books are the bundled sample text rather than PG-19.
+    self.is_sample_corpus = data_dir is None and tfds_data_dir is None
     if tfds_data_dir is not None:
       self.source = pg19_sources.TfdsPg19Source(tfds_data_dir)
     elif data_dir is not None:

@@ -63,7 +63,7 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
     d_ff: Hidden width of each feed-forward block.
     n_layers: Number of reversible blocks.
     n_heads: Number of attention heads.
-    max_len: Longest sequence the positional encoding covers.
+    max_len: Maximum sequence length the positional encoding covers.
     dropout: Dropout rate after embeddings, attention and feed-forward layers.
     ff_activation: Layer factory for the feed-forward nonlinearity.
     ff_chunk_size: Positions per feed-forward chunk; 0 runs all at once.

@@ -1,7 +1,7 @@
 """Trax training Loop from gin: optimizer, schedule, checkpoints, progress logs.
 
 `make_loop` builds a `trax.supervised.training.Loop` that writes checkpoints to
-output_dir and, when output_dir already holds one, resumes from it at the saved
+output_dir and, when output_dir already contains one, resumes from it at the saved
 step with the saved weights, state and optimizer slots.
 """
 
@@ -130,7 +130,7 @@ def make_loop(model_fn,
     random_seed: Seed of the weight initialization and dropout.
 
   Returns:
-    A `CheckpointingLoop`, restored from output_dir when it holds a checkpoint.
+    A `CheckpointingLoop`, restored from output_dir when it contains a checkpoint.
   """
   if not learning_rate > 0:
     raise ValueError(f'learning_rate must be positive, got {learning_rate}.')

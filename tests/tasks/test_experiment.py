@@ -1,11 +1,14 @@
 """Tests of the training job: training, resuming, results and bad input."""
 
+import gzip
 import json
 import math
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
+import time
 
 import gin
 import numpy as np
@@ -202,3 +205,40 @@ def test_trains_on_pg19_mini(tmp_path):
   for split in results['splits']:
     assert split['num_books'] == 1
     assert math.isfinite(split['word_perplexity'])
+
+
+def _checkpoint_step(output_dir):
+  with gzip.open(output_dir / 'model.pkl.gz', 'rb') as f:
+    return pickle.load(f)['step']
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, corpus_dir):
+  command = [
+      sys.executable, str(REPO_ROOT / 'run.py'),
+      '--config_file', str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
+      '--data_dir', str(corpus_dir),
+      '--output_dir', str(tmp_path),
+  ]
+  for binding in TINY_BINDINGS + ['run_experiment.n_steps = 100000',
+                                  'make_loop.steps_per_checkpoint = 3']:
+    command += ['--config', binding]
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+      if (tmp_path / 'model.pkl.gz').exists() and _checkpoint_step(
+          tmp_path) >= 6:
+        break
+      time.sleep(0.2)
+    else:
+      pytest.fail('run.py wrote no checkpoint of step 6 within 300 s')
+  finally:
+    process.kill()
+    process.wait()
+  saved_step = _checkpoint_step(tmp_path)
+
+  resumed = _run(tmp_path, corpus_dir, n_steps=saved_step + 3)
+
+  assert resumed['step'] == saved_step + 3
+  assert math.isfinite(resumed['splits'][0]['nll_per_token'])
