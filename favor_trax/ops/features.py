@@ -2,8 +2,18 @@
 
 Linear attention replaces the kernel K(q, k) by phi(q) . phi(k), so that
 sum_j K(q_i, k_j) v_j = phi(q_i) . (sum_j phi(k_j) v_j^T) costs O(L) instead of
-O(L^2). The softmax-kernel maps follow Choromanski et al., "Rethinking
-Attention with Performers", ICLR 2021 (FAVOR+).
+O(L^2). The softmax kernel exp(x . y) has these estimators here:
+
+* positive and hyperbolic features: FAVOR+ (Choromanski et al., "Rethinking
+  Attention with Performers", ICLR 2021).
+* trigonometric features: random Fourier features of the Gaussian kernel
+  (Rahimi and Recht, "Random Features for Large-Scale Kernel Machines", NIPS
+  2007) times exp(|x|^2 / 2), which can be negative.
+* generalized exponential features and FAVOR++, the member of that family with
+  the lowest variance for given data statistics (Likhosherstov et al., "Chefs'
+  Random Tables: Non-Trigonometric Random Features", NeurIPS 2022).
+
+ReLU features approximate no softmax and define generalized attention.
 
 Every feature map takes inputs x of shape [..., d] and returns `Features`:
 `values` of shape [..., n] and `log_scale` of shape [...], with
@@ -16,12 +26,8 @@ a per-position maximum c(x) inside the exponential and return it as
 denominator of attention, so callers may drop the query `log_scale`. Key scales
 differ between keys and do not cancel. `favor_trax.ops.linear_attention` puts
 them back relative to a shared maximum. Every `log_scale` is under
-`jax.lax.stop_gradient`: the exact phi depends on x only through the exponent,
-so the gradient of `values * exp(log_scale)` is unchanged.
-
-Each kernel has one public function here. A new kernel adds one function that
-returns `Features` (for example trigonometric features with values
-[cos(Wx), sin(Wx)] / sqrt(m) and log_scale |x|^2 / 2).
+`jax.lax.stop_gradient`, and `values` carries the whole gradient of phi, so the
+gradient of `values * exp(log_scale)` is the gradient of phi.
 """
 
 import math

@@ -2,12 +2,15 @@
 
 import itertools
 
+import jax
 from jax import numpy as jnp
 import numpy as np
 import pytest
 from trax import fastmath
 from trax import layers as tl
 from trax import optimizers
+from trax import shapes
+from trax.supervised import decoding
 from trax.supervised import training
 
 from favor_trax.training import trax_compat
@@ -73,3 +76,51 @@ def test_loop_restores_optimizer_slots(tmp_path):
   for saved, loaded in itertools.chain(zip(saved_weights, restored_weights),
                                        zip(saved_slots, restored_slots)):
     np.testing.assert_array_equal(saved, np.asarray(loaded))
+
+
+def test_sampling_leaves_model_usable():
+  trax_compat.patch_accelerate_rng()
+  model = tl.Serial(tl.ShiftRight(mode='predict'), tl.Embedding(16, 8),
+                    tl.Dense(16), tl.LogSoftmax())
+  model.init(shapes.ShapeDtype((1, 1), np.int32))
+
+  accelerated = decoding.autoregressive_sample(
+      model, batch_size=1, max_length=4, eos_id=-1, accelerate=True)
+  plain = decoding.autoregressive_sample(
+      model, batch_size=1, max_length=4, eos_id=-1, accelerate=False)
+
+  assert accelerated.shape == (1, 4)
+  assert plain.shape == (1, 4)
+  assert isinstance(model.rng, jax.Array)
+  assert not isinstance(model.rng, jax.core.Tracer)
+
+
+def test_cond_accepts_operand_keywords():
+  trax_compat.patch_cond_operands()
+  result = fastmath.cond(
+      pred=jnp.array(False), true_operand=jnp.ones(2),
+      true_fun=lambda x: x * 2, false_operand=jnp.full(2, 5.0),
+      false_fun=lambda x: x + 1)
+  np.testing.assert_array_equal(result, [6.0, 6.0])
+
+
+def test_cond_keeps_positional_form():
+  trax_compat.patch_cond_operands()
+  result = fastmath.cond(jnp.array(True), lambda x: x * 2, lambda x: x,
+                         jnp.ones(2))
+  np.testing.assert_array_equal(result, [2.0, 2.0])
+
+
+def test_trax_self_attention_predict_mode_runs():
+  trax_compat.patch_cond_operands()
+  layer = tl.SelfAttention(n_heads=2, d_qk=4, d_v=4, causal=True,
+                           mode='predict', predict_mem_len=8,
+                           predict_drop_len=4)
+  token = np.ones((1, 1, 8), np.float32)
+  layer.init(shapes.signature(token))
+
+  outputs = [np.asarray(layer(token * step)) for step in range(1, 4)]
+
+  for output in outputs:
+    assert output.shape == (1, 1, 8)
+    assert np.all(np.isfinite(output))
