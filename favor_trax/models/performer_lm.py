@@ -16,8 +16,8 @@ activations of one block at a time rather than of all n_layers.
 import gin
 from trax import layers as tl
 
-from favor_trax.layers import favor
 from favor_trax.layers import feed_forward
+from favor_trax.layers import kinds
 
 
 def _check_positive(**values):
@@ -53,7 +53,7 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
                 dropout=0.1,
                 ff_activation=tl.FastGelu,
                 ff_chunk_size=0,
-                attention_layer=favor.FavorAttention,
+                attention_layer=kinds.FavorAttention,
                 mode='train'):
   """Return a decoder-only language model over token ids.
 

@@ -19,6 +19,7 @@ from trax.supervised import callbacks
 from trax.supervised import lr_schedules
 from trax.supervised import training
 
+from favor_trax.training import named_weights
 from favor_trax.training import trax_compat
 
 
@@ -38,6 +39,9 @@ class CheckpointingLoop(training.Loop):
       return
     staging = basename + '.staging'
     super().save_checkpoint(staging)
+    named_weights.save(
+        self.model, os.path.join(self._output_dir,
+                                 staging + named_weights.NAMED_WEIGHTS_SUFFIX))
     staged = glob.glob(os.path.join(self._output_dir, staging + '.*'))
     # The pickle names the step, so it is renamed after the arrays it
     # describes. NOTE: the renames are separate system calls, so a kill
