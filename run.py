@@ -33,6 +33,10 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'eval'], 'train: train (resuming from '
     'output_dir), then evaluate. eval: evaluate the checkpoint in output_dir.')
+_INIT_CHECKPOINT = flags.DEFINE_string(
+    'init_checkpoint', None, 'Output directory of an earlier run whose '
+    'weights start this run wherever names and shapes agree, for example '
+    'those of a model trained with another attention kind.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, "Local dataset directory; overrides the config's "
     'data_dir.')
@@ -52,7 +56,8 @@ def main(argv):
   config.ensure_writable_dir(output_dir)
 
   results = experiment.run_experiment(
-      output_dir=output_dir, mode=_MODE.value, data_dir=_DATA_DIR.value)
+      output_dir=output_dir, mode=_MODE.value, data_dir=_DATA_DIR.value,
+      init_checkpoint=_INIT_CHECKPOINT.value)
   logging.info('results written to %s',
                os.path.join(output_dir, 'eval_results.json'))
   for split_results in results['splits']:

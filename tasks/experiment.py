@@ -14,10 +14,12 @@ import time
 
 from absl import logging
 import gin
+from trax import layers as tl
 from trax import shapes
 
 from favor_trax.models import performer_lm
 from favor_trax.training import loop as loop_lib
+from favor_trax.training import named_weights
 from tasks import evaluation
 from tasks import metrics
 from tasks import pg19
@@ -37,6 +39,45 @@ def _resumable_batches(make_stream, start):
     logging.info('Skipping the %d training batches used before step %d.',
                  start_step, start_step)
   yield from itertools.islice(make_stream(), start_step, None)
+
+
+def _transfer_weights(loop, init_checkpoint):
+  """Load named weights from init_checkpoint into the loop's model.
+
+  Args:
+    loop: A Loop at step 0.
+    init_checkpoint: An output_dir of an earlier run, or its
+      model.named_weights.npz file.
+
+  Returns:
+    {'path', 'n_loaded', 'not_loaded'} describing the transfer.
+
+  Raises:
+    ValueError: the token embeddings differ in vocabulary size or d_model.
+  """
+  path = init_checkpoint
+  if os.path.isdir(path):
+    path = os.path.join(path, 'model' + named_weights.NAMED_WEIGHTS_SUFFIX)
+  stored = named_weights.read(path)
+  model_weights = named_weights.named_weights(loop.model)
+  for prefix in named_weights.layer_paths(loop.model, tl.Embedding):
+    name = prefix + 'w0'
+    expected = tuple(model_weights[name].shape)
+    found = tuple(stored[name].shape) if name in stored else None
+    if found != expected:
+      raise ValueError(
+          f'--init_checkpoint {path} has token embeddings of shape {found} '
+          f'(vocab_size, d_model), but this model has {expected}. Weight '
+          'transfer needs the same vocabulary and d_model.')
+
+  loaded, not_loaded = named_weights.load_into(loop.model, stored)
+  loop.update_weights_and_state(weights=loop.model.weights)
+  logging.info('Loaded %d of %d weight arrays from %s.', len(loaded),
+               len(model_weights), path)
+  for name in not_loaded:
+    logging.warning('Weight %s was not loaded from %s (missing there or of '
+                    'another shape); it keeps its initial value.', name, path)
+  return {'path': path, 'n_loaded': len(loaded), 'not_loaded': not_loaded}
 
 
 def format_results(results):
@@ -88,11 +129,12 @@ def evaluate_split(corpus, model, weights, state, split, batch_size, length,
   return results
 
 
-@gin.configurable(module='favor_trax', denylist=['output_dir', 'mode',
-                                                 'data_dir'])
+@gin.configurable(module='favor_trax', denylist=[
+    'output_dir', 'mode', 'data_dir', 'init_checkpoint'])
 def run_experiment(output_dir,
                    mode='train',
                    data_dir=None,
+                   init_checkpoint=None,
                    corpus_fn=pg19.Pg19Corpus,
                    model_fn=performer_lm.PerformerLM,
                    batch_size=8,
@@ -108,6 +150,9 @@ def run_experiment(output_dir,
     mode: 'train' trains up to n_steps (resuming from a checkpoint in
       output_dir), then evaluates; 'eval' evaluates the checkpoint.
     data_dir: Local dataset directory; when given, passed to corpus_fn.
+    init_checkpoint: Output directory of another run whose weights start
+      this one where names and shapes agree; ignored when output_dir
+      already has a checkpoint to resume from.
     corpus_fn: Factory of the corpus (see `tasks.pg19.Pg19Corpus`).
     model_fn: Factory of the model, called with vocab_size and mode.
     batch_size: Windows per training batch.
@@ -145,9 +190,15 @@ def run_experiment(output_dir,
       total_steps=n_steps, tokens_per_step=batch_size * sequence_length,
       random_seed=seed)
   start['step'] = loop.step
+  transfer = None
   if loop.step:
     logging.info('Restored the checkpoint of step %d from %s.', loop.step,
                  output_dir)
+    if init_checkpoint:
+      logging.info('Ignoring --init_checkpoint %s: resuming from %s.',
+                   init_checkpoint, output_dir)
+  elif init_checkpoint:
+    transfer = _transfer_weights(loop, init_checkpoint)
 
   if mode == 'train' and loop.step < n_steps:
     logging.info('Training from step %d to step %d.', loop.step, n_steps)
@@ -162,6 +213,7 @@ def run_experiment(output_dir,
       'step': int(loop.step),
       'data_source': corpus.source.describe(),
       'is_sample_corpus': is_sample_corpus,
+      'init_checkpoint': transfer,
       'splits': [
           evaluate_split(corpus, eval_model, loop.model.weights,
                          loop.model.state, split, eval_batch_size,

@@ -11,7 +11,6 @@ use the same projection layout.
 
 import os
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -41,6 +40,27 @@ def named_weights(layer, prefix=''):
   return result
 
 
+def layer_paths(layer, layer_class, prefix=''):
+  """Return the name prefixes of the sublayers of `layer` that are layer_class."""
+  paths = []
+  if isinstance(layer, layer_class):
+    paths.append(prefix)
+  for index, sublayer in enumerate(layer.sublayers):
+    paths.extend(layer_paths(sublayer, layer_class, f'{prefix}{index}/'))
+  return paths
+
+
+def read(path):
+  """Return {name: array} from a file written by `save`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'No named weights at {path}. Give the output_dir of a favor_trax '
+        'training run, which writes model.named_weights.npz with each '
+        'checkpoint.')
+  with np.load(path) as stored:
+    return {name: stored[name] for name in stored.files}
+
+
 def save(layer, path):
   """Write the named weights of `layer` to `path` (an .npz file) atomically."""
   arrays = {name: np.asarray(array)
@@ -50,26 +70,18 @@ def save(layer, path):
   os.replace(temporary, path)
 
 
-def load_into(layer, path):
-  """Copy the arrays of `path` into `layer` where names and shapes agree.
+def load_into(layer, stored):
+  """Copy stored arrays into `layer` where names and shapes agree.
 
   Args:
     layer: An initialized Trax layer.
-    path: An .npz file written by `save`.
+    stored: {name: array}, as returned by `read`.
 
   Returns:
     (loaded, not_loaded): sorted lists of the names of `layer`'s weights that
     were copied, and of those left as initialized because the file has no
     array of that name, or one of another shape.
   """
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f'No named weights at {path}. Give the output_dir of a favor_trax '
-        'training run, which writes model.named_weights.npz with each '
-        'checkpoint.')
-  with np.load(path) as stored:
-    stored = {name: stored[name] for name in stored.files}
-
   loaded, not_loaded = [], []
   replacements = {}
   for name, array in named_weights(layer).items():
@@ -80,9 +92,6 @@ def load_into(layer, path):
     else:
       not_loaded.append(name)
   _set_named_weights(layer, replacements)
-  for name in not_loaded:
-    logging.warning('Weight %s was not loaded from %s (missing there or of '
-                    'another shape); it keeps its initial value.', name, path)
   return sorted(loaded), sorted(not_loaded)
 
 
