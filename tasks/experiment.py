@@ -101,7 +101,7 @@ def evaluate_split(corpus, model, weights, state, split, batch_size, length,
                statistics.num_words, statistics.num_tokens, n_batches,
                batch_size, length)
   start = time.time()
-  nll, n_tokens = evaluation.total_log_loss(
+  nll, n_tokens, n_correct = evaluation.score_tokens(
       model, weights, state, corpus.eval_stream(split, batch_size, length))
   if int(n_tokens) != statistics.num_tokens:
     raise RuntimeError(
@@ -116,6 +116,7 @@ def evaluate_split(corpus, model, weights, state, split, batch_size, length,
       'num_bytes': statistics.num_bytes,
       'num_words': statistics.num_words,
       'total_nll_nats': nll,
+      'accuracy': n_correct / n_tokens,
       'eval_window': length,
       'eval_stride': length,
       'aggregation': ('corpus-level: each score divides the total NLL of the '
@@ -150,8 +151,8 @@ def run_experiment(output_dir,
     mode: 'train' trains up to n_steps (resuming from a checkpoint in
       output_dir), then evaluates; 'eval' evaluates the checkpoint.
     data_dir: Local dataset directory; when given, passed to corpus_fn.
-    init_checkpoint: Output directory of another run whose weights start
-      this one where names and shapes agree; ignored when output_dir
+    init_checkpoint: Output directory of another run. Its weights start this
+      run wherever names and shapes agree. It is ignored when output_dir
       already has a checkpoint to resume from.
     corpus_fn: Factory of the corpus (see `tasks.pg19.Pg19Corpus`).
     model_fn: Factory of the model, called with vocab_size and mode.

@@ -10,7 +10,7 @@ d_model]. All kinds but `lsh` share `ProjectedAttention`'s weight layout.
 | favor_trax.DotProductAttention| exact softmax, query-chunked               |
 | favor_trax.LocalAttention     | exact softmax within blocks                |
 | favor_trax.LSHAttention       | Trax's Reformer LSH attention              |
-| favor_trax.IdentityAttention  | none: each position sees only itself       |
+| favor_trax.IdentityAttention  | none: each position attends to itself only |
 """
 
 import gin

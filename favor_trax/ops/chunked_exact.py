@@ -1,7 +1,7 @@
 """Exact softmax attention computed over query chunks, and blocked local attention.
 
 `query_chunked_softmax_attention` gives the same output as
-`exact.softmax_attention` but holds the logits of `chunk_size` queries at a
+`exact.softmax_attention` but keeps the logits of `chunk_size` queries at a
 time, [batch, heads, chunk_size, key_length], under `jax.checkpoint`, so
 neither forward nor backward stores the full L x L matrix.
 

@@ -10,8 +10,8 @@ from favor_trax.ops import exact
 
 D_MODEL = 16
 LENGTH = 24
-# LSH attention changes which earlier keys a query sees when later keys hash
-# differently, so it is excluded from the strict causality test.
+# LSH attention changes which earlier keys a query attends to when later keys
+# hash differently, so it is excluded from the strict causality test.
 STRICTLY_CAUSAL = ['favor', 'dot_product', 'local', 'none']
 
 

@@ -111,6 +111,7 @@ def test_results_file_has_labelled_metrics(tmp_path, corpus_dir):
       math.exp(nll / statistics.num_words))
   assert split['bits_per_byte'] == pytest.approx(
       nll / math.log(2) / statistics.num_bytes)
+  assert 0.0 <= split['accuracy'] <= 1.0
 
 
 def test_eval_without_checkpoint_fails(tmp_path, corpus_dir):

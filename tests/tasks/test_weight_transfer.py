@@ -52,8 +52,7 @@ def fixture_exact_run(tmp_path_factory, corpus_dir):
   return output_dir, results
 
 
-def test_transfer_to_favor_keeps_most_of_the_loss_drop(tmp_path, corpus_dir,
-                                                       exact_run):
+def test_transfer_to_favor_keeps_accuracy(tmp_path, corpus_dir, exact_run):
   exact_dir, exact_results = exact_run
   untrained = _run(tmp_path / 'fresh', corpus_dir, 'FavorAttention',
                    n_steps=0)
