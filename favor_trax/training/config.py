@@ -28,12 +28,18 @@ def parse_gin(config_files, bindings):
       raise ConfigError(
           f'Gin config file not found: {path}. Pass an existing file to '
           '--config_file, for example gin/pg19/demo.gin.')
-    # An `include` inside a file names its target relative to that file.
-    gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+    # An `include` inside a file names its target relative to that file, and
+    # gin resolves it against the working directory first.
+    absolute_path = os.path.abspath(path)
+    working_dir = os.getcwd()
+    os.chdir(os.path.dirname(absolute_path))
     try:
-      gin.parse_config_file(path, skip_unknown=False)
-    except (ValueError, SyntaxError, tokenize.TokenError, ImportError) as error:
+      gin.parse_config_file(absolute_path, skip_unknown=False)
+    except (ValueError, SyntaxError, tokenize.TokenError, ImportError,
+            OSError) as error:
       raise ConfigError(f'Invalid gin config file {path}: {error}') from error
+    finally:
+      os.chdir(working_dir)
   for binding in bindings:
     try:
       gin.parse_config(binding, skip_unknown=False)
