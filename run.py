@@ -18,8 +18,10 @@ from absl import flags
 from absl import logging
 import gin
 
+# Only light modules load before the flags and files are checked, so a bad
+# input fails in seconds; JAX, TensorFlow and Trax load in main().
 from favor_trax.training import config
-from tasks import experiment
+from tasks import pg19
 
 _CONFIG_FILES = flags.DEFINE_multi_string(
     'config_file', [], 'Gin config file; repeat the flag to apply several in '
@@ -51,10 +53,20 @@ def main(argv):
   if not _OUTPUT_DIR.value:
     raise app.UsageError('--output_dir is required.')
 
-  config.parse_gin(_CONFIG_FILES.value, _CONFIG.value)
+  for path in _CONFIG_FILES.value:
+    if not os.path.isfile(path):
+      raise config.ConfigError(
+          f'Gin config file not found: {path}. Pass an existing file to '
+          '--config_file, for example gin/pg19/demo.gin.')
+  if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
+    raise config.ConfigError(
+        f'--data_dir {_DATA_DIR.value} is not a directory. Give a PG-19 '
+        'directory with metadata.csv and train/, validation/, test/.')
   output_dir = os.path.abspath(os.path.expanduser(_OUTPUT_DIR.value))
   config.ensure_writable_dir(output_dir)
 
+  from tasks import experiment  # pylint: disable=import-outside-toplevel
+  config.parse_gin(_CONFIG_FILES.value, _CONFIG.value)
   results = experiment.run_experiment(
       output_dir=output_dir, mode=_MODE.value, data_dir=_DATA_DIR.value,
       init_checkpoint=_INIT_CHECKPOINT.value)
@@ -65,10 +77,20 @@ def main(argv):
   return 0
 
 
+def _main_with_clear_errors(argv):
+  """Run main; print bad-input errors as one message, without a traceback."""
+  try:
+    return main(argv)
+  except (config.ConfigError, pg19.DataError, OSError) as error:
+    logging.error('%s', error)
+    print(f'Error: {error}', file=sys.stderr)
+    return 1
+
+
 def run_main():
   """Entry point of the favor_trax_run console script."""
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(_main_with_clear_errors)
 
 
 if __name__ == '__main__':

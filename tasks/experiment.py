@@ -7,6 +7,7 @@ of each evaluation split once and writes output_dir/eval_results.json.
 """
 
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ from trax import layers as tl
 from trax import shapes
 
 from favor_trax.models import performer_lm
+from favor_trax.training import config
 from favor_trax.training import loop as loop_lib
 from favor_trax.training import named_weights
 from tasks import evaluation
@@ -39,6 +41,49 @@ def _resumable_batches(make_stream, start):
     logging.info('Skipping the %d training batches used before step %d.',
                  start_step, start_step)
   yield from itertools.islice(make_stream(), start_step, None)
+
+
+def _check_length_fits_model(model_fn, sequence_length):
+  """Raise ConfigError when the windows are longer than the model's max_len."""
+  try:
+    max_len = gin.query_parameter(f'{model_fn.__name__}.max_len')
+  except (ValueError, AttributeError):
+    parameter = inspect.signature(model_fn).parameters.get('max_len')
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+      return
+    max_len = parameter.default
+  if sequence_length > max_len:
+    raise config.ConfigError(
+        f'run_experiment.sequence_length = {sequence_length} is longer than '
+        f'the model\'s max_len = {max_len}, which its positional encoding '
+        f'covers. Bind {model_fn.__name__}.max_len to at least '
+        f'{sequence_length}, or shorten the windows.')
+
+
+def _write_operative_config(output_dir):
+  """Write the gin bindings this run used to output_dir/config.gin."""
+  path = os.path.join(output_dir, 'config.gin')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(gin.operative_config_str())
+  os.replace(path + '.tmp', path)
+
+
+def _warn_on_other_data_source(output_dir, data_source):
+  """Warn when earlier results in output_dir came from another corpus."""
+  path = os.path.join(output_dir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      previous = json.load(f).get('data_source')
+  except (OSError, ValueError) as error:
+    logging.warning('Could not read earlier results %s: %s', path, error)
+    return
+  if previous and previous != data_source:
+    logging.warning(
+        'The earlier results in %s came from %s; this run reads %s and '
+        'replaces them. Pass the same --data_dir to score the same data.',
+        path, previous, data_source)
 
 
 def _transfer_weights(loop, init_checkpoint):
@@ -86,7 +131,7 @@ def format_results(results):
           f"loss {results['nll_per_token']:.4f} nats/token, "
           f"token perplexity {results['token_perplexity']:.3f}, "
           f"bits/byte {results['bits_per_byte']:.4f}, "
-          f"word perplexity {results['word_perplexity']:.3f} "
+          f"word perplexity {results['word_perplexity']:.6g} "
           f"({results['num_words']} words, {results['num_tokens']} tokens)")
 
 
@@ -168,6 +213,10 @@ def run_experiment(output_dir,
   """
   if mode not in ('train', 'eval'):
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+  if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+    raise config.ConfigError(
+        f'run_experiment.n_steps must be an integer >= 0, got {n_steps!r}.')
+  _check_length_fits_model(model_fn, sequence_length)
   corpus = corpus_fn(data_dir=data_dir) if data_dir else corpus_fn()
   model_fn = functools.partial(model_fn,
                                vocab_size=corpus.vocabulary.vocab_size)
@@ -206,6 +255,7 @@ def run_experiment(output_dir,
     loop.run(n_steps - loop.step)
     loop.save_checkpoint('model')
 
+  _write_operative_config(output_dir)
   eval_model = model_fn(mode='eval')
   eval_model.init(shapes.ShapeDtype((eval_batch_size, sequence_length),
                                     'int32'))
@@ -227,6 +277,7 @@ def run_experiment(output_dir,
         'These scores are on the bundled sample corpus (Python reference '
         'text), not PG-19, and are not comparable with PG-19 results. Pass '
         '--data_dir with a PG-19 directory to train and evaluate on PG-19.')
+  _warn_on_other_data_source(output_dir, results['data_source'])
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2)

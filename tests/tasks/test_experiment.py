@@ -171,6 +171,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, corpus_dir):
   assert result.returncode != 0
   assert 'not writable' in result.stderr
   assert 'Training from step' not in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def test_run_py_trains_and_writes_results(tmp_path, corpus_dir):
@@ -243,3 +244,22 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, corpus_dir):
 
   assert resumed['step'] == saved_step + 3
   assert math.isfinite(resumed['splits'][0]['nll_per_token'])
+
+
+def test_negative_step_count_fails(tmp_path, corpus_dir):
+  with pytest.raises(config.ConfigError, match='n_steps'):
+    _run(tmp_path, corpus_dir, n_steps=-5)
+
+
+def test_window_longer_than_max_len_fails(tmp_path, corpus_dir):
+  with pytest.raises(config.ConfigError, match='max_len'):
+    _run(tmp_path, corpus_dir, n_steps=1,
+         extra=['run_experiment.sequence_length = 128'])
+
+
+def test_operative_config_is_written(tmp_path, corpus_dir):
+  _run(tmp_path, corpus_dir, n_steps=1)
+
+  operative = (tmp_path / 'config.gin').read_text(encoding='utf-8')
+  assert 'PerformerLM.d_model = 32' in operative
+  assert 'run_experiment.n_steps = 1' in operative
