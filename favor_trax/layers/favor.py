@@ -3,15 +3,16 @@
 `FavorAttention` is self-attention over [batch, length, d_model] whose softmax
 kernel exp(q . k / sqrt(d)) is estimated with random features (FAVOR+,
 Choromanski et al., "Rethinking Attention with Performers", ICLR 2021), so time
-and memory grow linearly with the length. The math is in `favor_trax.ops`.
+and memory grow linearly with the length. Generalized attention with ReLU
+features is the other choice of kernel. The math is in `favor_trax.ops`.
 This module adds the dense projections, the random projection matrix in the
-layer state, its redraw policy, and the train, eval and predict modes.
+layer state, its redraw policy, output dropout, and the train, eval and
+predict modes.
 """
 
 
 from typing import Callable, NamedTuple
 
-from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
@@ -27,23 +28,60 @@ class Kernel(NamedTuple):
   """A feature map and how the layer applies it.
 
   Attributes:
-    feature_fn: function (x, projection) -> `features.Features`.
+    feature_fn: function (x, projection) -> `features.Features`, or
+      (x, projection, rho) -> `features.Features` when `takes_rho` is set.
     features_per_row: number of features per projection row.
     scales_inputs: whether q and k are scaled by d^-1/4 first, so that a
       softmax-kernel estimate of exp(x . y) becomes exp(q . k / sqrt(d)).
+    uses_projection: whether feature_fn reads the random projection. If not,
+      the projection in the layer state is an empty [0, d_qk] array, and
+      there are d_qk features.
+    takes_rho: whether feature_fn takes the FAVOR++ statistic rho.
   """
   feature_fn: Callable[..., features.Features]
   features_per_row: int
   scales_inputs: bool
+  uses_projection: bool = True
+  takes_rho: bool = False
+
+
+def _relu_features_without_projection(x, projection):
+  """Return ReLU(x) + epsilon features, ignoring the empty projection."""
+  del projection
+  return features.relu_features(x)
 
 
 KERNELS = {
     'positive_softmax': Kernel(features.positive_softmax_features, 1, True),
     'hyperbolic_softmax': Kernel(features.hyperbolic_softmax_features, 2,
                                  True),
+    'trigonometric_softmax': Kernel(
+        features.trigonometric_softmax_features, 2, True),
+    'favor_plus_plus': Kernel(features.favor_plus_plus_features, 1, True,
+                              takes_rho=True),
     'relu': Kernel(features.relu_features, 1, False),
+    'relu_no_projection': Kernel(_relu_features_without_projection, 1, False,
+                                 uses_projection=False),
 }
 MODES = ('train', 'eval', 'predict')
+PROJECTIONS = ('orthogonal', 'iid')
+
+
+def _validate_favor_plus_plus_rho(rho, kernel, causal):
+  if rho is None:
+    if kernel == 'favor_plus_plus' and causal:
+      raise ValueError(
+          "kernel='favor_plus_plus' with causal=True needs a fixed "
+          'favor_plus_plus_rho >= 0: a rho computed from the whole sequence '
+          'would let each output depend on later positions.')
+    return
+  if kernel != 'favor_plus_plus':
+    raise ValueError(
+        f"favor_plus_plus_rho applies only to kernel='favor_plus_plus', got "
+        f'favor_plus_plus_rho={rho!r} with kernel={kernel!r}.')
+  if isinstance(rho, bool) or not isinstance(rho, (int, float)) or rho < 0:
+    raise ValueError(
+        f'favor_plus_plus_rho must be a float >= 0 or None, got {rho!r}.')
 
 
 def _raw_key(rng):
@@ -67,11 +105,12 @@ class FavorAttention(base.Layer):
   shape [d_model, n_heads * d_qk] and w_o has shape [n_heads * d_v, d_model].
 
   State: (projection, redraw_key, step). `projection` is the random matrix of
-  shape [n_random_features, d_qk] shared by all heads, so checkpoints save it.
-  Projection number i is `orthogonal_gaussian_matrix(fold_in(redraw_key, i))`.
-  At init it is number 0. In train mode, forward call number s (from 0)
-  uses number floor(s / redraw_every) and stores it, so a redraw happens at
-  every call where s is a positive multiple of redraw_every. `step` counts
+  shape [n_random_features, d_qk] shared by all heads, so checkpoints save it
+  ([0, d_qk] for 'relu_no_projection'). Projection number i is drawn from the
+  key fold_in(redraw_key, i). At init it is number 0. In train mode, forward
+  call number s (from 0) uses number floor(s / redraw_every) and stores it,
+  so a redraw happens at every call where s is a positive multiple of
+  redraw_every. `step` counts
   train-mode calls. Eval and predict never redraw and never change `step`.
   Predict mode appends the decoding sums (kv_sum, k_sum, max_log_scale) of
   `favor_trax.ops.linear_attention.CausalState`.
@@ -85,7 +124,8 @@ class FavorAttention(base.Layer):
                n_random_features=256, causal=False,
                chunk_size=linear_attention.DEFAULT_CHUNK_SIZE,
                redraw_every=0, kernel='positive_softmax', dropout=0.0,
-               mode='train'):
+               projection='orthogonal', scaling='chi',
+               favor_plus_plus_rho=None, mode='train'):
     """Create a FAVOR attention layer.
 
     Args:
@@ -94,13 +134,34 @@ class FavorAttention(base.Layer):
       d_qk: query and key depth per head, or None for d_model // n_heads.
       d_v: value depth per head, or None for d_model // n_heads.
       n_random_features: number of projection rows m. 'hyperbolic_softmax'
-        makes 2m features from them.
+        and 'trigonometric_softmax' make 2m features from them, and
+        'relu_no_projection' ignores m.
       causal: if True, position i attends only to positions j <= i.
       chunk_size: positions per scan step of causal attention.
       redraw_every: in train mode, draw a new projection every this many
         calls, or 0 to keep the initial projection.
-      kernel: 'positive_softmax', 'hyperbolic_softmax' or 'relu'.
-      dropout: dropout rate, accepted but not applied.
+      kernel: the feature map, one of `KERNELS`:
+        'positive_softmax' and 'hyperbolic_softmax' (FAVOR+),
+        'trigonometric_softmax' (random Fourier features, which can be
+        negative, so the attention denominator can be near 0),
+        'favor_plus_plus' (optimal positive features), 'relu' (generalized
+        attention with ReLU(W x) features) and 'relu_no_projection'
+        (ReLU(x) features, no random projection).
+      dropout: dropout rate in train mode on the attention output of every
+        head, before the output projection. FAVOR forms no attention matrix,
+        so no attention weights are dropped. Eval and predict modes apply no
+        dropout.
+      projection: 'orthogonal' (block-orthogonal rows) or 'iid' (independent
+        Gaussian rows), see `favor_trax.ops.projections`.
+      scaling: row lengths of an orthogonal projection: 'chi' (the lengths of
+        Gaussian rows, which keeps softmax estimates unbiased) or 'fixed'
+        (sqrt(d_qk)). An iid projection needs 'chi'.
+      favor_plus_plus_rho: for kernel 'favor_plus_plus', a fixed statistic
+        rho >= 0 (see `favor_trax.ops.features.favor_plus_plus_coefficient`),
+        or None to compute rho from the queries and keys of each example and
+        head. Causal attention needs a fixed rho, because a rho computed
+        from the whole sequence would let each output depend on later
+        positions.
       mode: 'train', 'eval' or 'predict'. Predict mode decodes with carried
         sums and needs causal=True.
     """
@@ -130,10 +191,17 @@ class FavorAttention(base.Layer):
       raise ValueError(
           'mode "predict" decodes one position after another and needs '
           'causal=True, got causal=False.')
-    if dropout > 0:
-      # NOTE: FAVOR attention forms no attention matrix to drop entries from,
-      # so dropout is accepted for interface compatibility and not applied.
-      logging.warning('FavorAttention ignores dropout=%s.', dropout)
+    if projection not in PROJECTIONS:
+      raise ValueError(
+          f'projection must be one of {PROJECTIONS}, got {projection!r}.')
+    if scaling not in projections.SCALINGS:
+      raise ValueError(
+          f'scaling must be one of {projections.SCALINGS}, got {scaling!r}.')
+    if projection == 'iid' and scaling != 'chi':
+      raise ValueError(
+          f"projection='iid' draws Gaussian row lengths and needs "
+          f"scaling='chi', got scaling={scaling!r}.")
+    _validate_favor_plus_plus_rho(favor_plus_plus_rho, kernel, causal)
 
     self._d_model = d_model
     self._n_heads = n_heads
@@ -144,13 +212,33 @@ class FavorAttention(base.Layer):
     self._chunk_size = chunk_size
     self._redraw_every = redraw_every
     self._kernel = kernel
+    self._dropout = dropout
+    self._projection = projection
+    self._scaling = scaling
+    self._favor_plus_plus_rho = favor_plus_plus_rho
     self._mode = mode
 
+  @property
+  def n_features(self):
+    """Number of features per query or key, the m of the attention sums."""
+    kernel = KERNELS[self._kernel]
+    if not kernel.uses_projection:
+      return self._d_qk
+    return kernel.features_per_row * self._n_random_features
+
   def draw_projection(self, redraw_key, index):
-    """Return projection number `index`, of shape [n_random_features, d_qk]."""
+    """Return projection number `index`, of shape [n_random_features, d_qk].
+
+    A kernel without projection gets an empty array of shape [0, d_qk].
+    """
+    key = jax.random.fold_in(redraw_key, index)
+    if not KERNELS[self._kernel].uses_projection:
+      return jnp.zeros((0, self._d_qk), jnp.float32)
+    if self._projection == 'iid':
+      return projections.iid_gaussian_matrix(key, self._n_random_features,
+                                             self._d_qk)
     return projections.orthogonal_gaussian_matrix(
-        jax.random.fold_in(redraw_key, index), self._n_random_features,
-        self._d_qk)
+        key, self._n_random_features, self._d_qk, scaling=self._scaling)
 
   def init_weights_and_state(self, input_signature):
     """Initialize the dense weights (Glorot uniform, zero biases) and state."""
@@ -176,10 +264,8 @@ class FavorAttention(base.Layer):
     state = (self.draw_projection(redraw_key, 0), redraw_key,
              jnp.zeros((), jnp.int32))
     if self._mode == 'predict':
-      n_features = (KERNELS[self._kernel].features_per_row *
-                    self._n_random_features)
       decode_state = linear_attention.init_causal_state(
-          shape[0], self._n_heads, n_features, self._d_v)
+          shape[0], self._n_heads, self.n_features, self._d_v)
       state += (tuple(decode_state),)
     self.state = state
 
@@ -208,10 +294,19 @@ class FavorAttention(base.Layer):
       attended = self._attend(q_features, k_features, v)
       self.state = (projection, redraw_key, step)
 
+    if self._mode == 'train' and self._dropout > 0:
+      attended = self._drop(attended)
+
     batch, length = x.shape[:2]
     attended = attended.reshape(batch, length, self._n_heads * self._d_v)
     w_out, b_out = self.weights[3]
     return jnp.dot(attended, w_out) + b_out
+
+  def _drop(self, attended):
+    """Apply inverted dropout with the layer rng: zero or scale by 1/(1-p)."""
+    keep_rate = 1.0 - self._dropout
+    keep = jax.random.bernoulli(self.rng, keep_rate, attended.shape)
+    return jnp.where(keep, attended / keep_rate, 0).astype(attended.dtype)
 
   def _projection_for_step(self, projection, redraw_key, step):
     """Return the projection of train call `step`, redrawing on multiples."""
@@ -244,6 +339,14 @@ class FavorAttention(base.Layer):
       input_scale = self._d_qk ** -0.25
       q = q * input_scale
       k = k * input_scale
+    if kernel.takes_rho:
+      # Queries and keys share one rho per example and head, so they share
+      # the coefficient A that the unbiased estimate needs.
+      rho = self._favor_plus_plus_rho
+      if rho is None:
+        rho = features.favor_plus_plus_rho(q, k)
+      return (kernel.feature_fn(q, projection, rho),
+              kernel.feature_fn(k, projection, rho))
     return kernel.feature_fn(q, projection), kernel.feature_fn(k, projection)
 
   def _attend(self, q_features, k_features, v):

@@ -20,6 +20,15 @@ stop_gradient because they cancel exactly.
 
 Query scales cancel the same way and are not taken as arguments.
 
+Key masks. A key with key_mask False adds to neither S nor z, in bidirectional
+and causal attention and in the decode step. Its features, value and log
+scale may contain any value, inf and nan included, and its gradients are 0.
+
+Denominators. For non-negative features the denominator phi(q_i) . z is
+positive. Trigonometric features can be negative, so the denominator can be 0
+or negative, and only magnitudes below sqrt(tiny) are moved away from 0 (see
+`_safe_denominator`).
+
 All sums run in float32 (float64 for float64 input), and outputs have the
 dtype of v.
 """
@@ -64,6 +73,10 @@ def _safe_denominator(denominator):
   For non-negative features |numerator| <= denominator * max|v|, so the
   quotient stays bounded. sqrt(tiny) keeps denominator^2 a normal number, so
   the gradient numerator / denominator^2 stays finite.
+
+  NOTE: for features that can be negative, such as trigonometric ones, the
+  quotient is not bounded by max|v|. A denominator near 0 but above
+  sqrt(tiny) gives large outputs and gradients.
   """
   floor = jnp.sqrt(jnp.finfo(denominator.dtype).tiny).astype(
       denominator.dtype)
@@ -96,6 +109,39 @@ def _key_log_scale_or_zeros(k_features, key_log_scale, dtype):
   if key_log_scale is None:
     return jnp.zeros(k_features.shape[:3], dtype)
   return jax.lax.stop_gradient(key_log_scale.astype(dtype))
+
+
+def _validate_key_mask(key_mask, expected_shape, name):
+  if key_mask is not None and key_mask.shape != expected_shape:
+    raise ValueError(
+        f'key_mask must have shape {name} = {expected_shape}, got shape '
+        f'{key_mask.shape}.')
+
+
+def _remove_masked_keys(key_mask, k_features, v, log_scale):
+  """Zero the features and values of masked keys and set their scale to -inf.
+
+  A key with log scale -inf gets weight exp(-inf - M) = 0 against any finite
+  reference maximum M, and the running maximum never falls below the finite
+  minimum of `init_causal_state`. Zeroing the features and values keeps inf
+  and nan of masked keys out of the sums and gives them zero gradients.
+
+  Args:
+    key_mask: bool array that broadcasts against log_scale, or None.
+    k_features: key features of shape log_scale.shape + [m].
+    v: values of shape log_scale.shape + [depth_v].
+    log_scale: key log scales.
+
+  Returns:
+    (k_features, v, log_scale), unchanged when key_mask is None.
+  """
+  if key_mask is None:
+    return k_features, v, log_scale
+  valid = key_mask.astype(bool)
+  k_features = jnp.where(valid[..., None], k_features, 0)
+  v = jnp.where(valid[..., None], v, 0)
+  log_scale = jnp.where(valid, log_scale, -jnp.inf)
+  return k_features, v, log_scale
 
 
 def bidirectional_linear_attention(q_features, k_features, v, key_mask=None,
@@ -232,7 +278,7 @@ def _causal_chunk(state, chunk):
 
 
 def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
-                            chunk_size=DEFAULT_CHUNK_SIZE):
+                            chunk_size=DEFAULT_CHUNK_SIZE, key_mask=None):
   """Compute causal linear attention: query i attends to keys j <= i.
 
   out_i = phi(q_i) . S_i / phi(q_i) . z_i with S_i = sum_{j <= i} phi(k_j)
@@ -253,6 +299,9 @@ def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
     chunk_size: positive int, the number of positions per scan step. A
       length that is not a multiple is padded at the end, and the padding is
       cut from the output.
+    key_mask: optional bool array of shape [batch, length]. False marks a
+      padded key, which adds to neither S_i nor z_i. A query with no unmasked
+      key at or before it gets output 0.
 
   Returns:
     Array of shape [batch, length, heads, depth_v] in the dtype of v.
@@ -265,23 +314,27 @@ def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
         f'{k_features.shape}.')
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
 
   length = k_features.shape[1]
   if length == 0:
     return jnp.zeros(v.shape, v.dtype)
 
   return _causal_linear_attention(q_features, k_features, v, key_log_scale,
-                                  min(chunk_size, length))
+                                  key_mask, min(chunk_size, length))
 
 
-@functools.partial(jax.jit, static_argnums=4)
+@functools.partial(jax.jit, static_argnums=5)
 def _causal_linear_attention(q_features, k_features, v, key_log_scale,
-                             chunk_size):
+                             key_mask, chunk_size):
   """Run the chunked scan of `causal_linear_attention` on validated inputs."""
   batch, length, n_heads, n_features = k_features.shape
   depth_v = v.shape[-1]
   dtype = _compute_dtype(q_features, k_features, v)
   log_scale = _key_log_scale_or_zeros(k_features, key_log_scale, dtype)
+  mask = None if key_mask is None else key_mask[:, :, None]
+  k_features, v_masked, log_scale = _remove_masked_keys(
+      mask, k_features, v, log_scale)
   n_chunks = -(-length // chunk_size)
   padding = n_chunks * chunk_size - length
 
@@ -295,7 +348,7 @@ def _causal_linear_attention(q_features, k_features, v, key_log_scale,
     return jnp.moveaxis(array, 1, 0)
 
   chunks = tuple(to_chunks(array)
-                 for array in (q_features, k_features, v, log_scale))
+                 for array in (q_features, k_features, v_masked, log_scale))
   initial_state = init_causal_state(batch, n_heads, n_features, depth_v, dtype)
   _, out = jax.lax.scan(jax.checkpoint(_causal_chunk, prevent_cse=False),
                         initial_state, chunks)
@@ -306,7 +359,7 @@ def _causal_linear_attention(q_features, k_features, v, key_log_scale,
 
 
 def causal_linear_attention_step(state, q_features, k_features, v,
-                                 key_log_scale=None):
+                                 key_log_scale=None, key_mask=None):
   """Add one position's key to `state` and attend its query, for decoding.
 
   Running this step over positions 0, 1, ... gives the outputs of
@@ -320,6 +373,9 @@ def causal_linear_attention_step(state, q_features, k_features, v,
     v: values of shape [batch, heads, depth_v].
     key_log_scale: optional log scale of the key, shape [batch, heads].
       None means 0.
+    key_mask: optional bool array of shape [batch]. False marks a padded
+      key: the state keeps its sums, and the query attends to the earlier
+      keys only.
 
   Returns:
     (new `CausalState`, output of shape [batch, heads, depth_v] in the dtype
@@ -339,14 +395,18 @@ def causal_linear_attention_step(state, q_features, k_features, v,
     raise ValueError(
         f'key_log_scale must have shape [batch, heads] = {expected[:2]}, got '
         f'shape {key_log_scale.shape}.')
+  _validate_key_mask(key_mask, expected[:1], '[batch]')
 
+  v_dtype = v.dtype
   dtype = state.kv_sum.dtype
   q = q_features.astype(dtype)
-  k = k_features.astype(dtype)
   if key_log_scale is None:
     log_scale = jnp.zeros(expected[:2], dtype)
   else:
     log_scale = jax.lax.stop_gradient(key_log_scale.astype(dtype))
+  mask = None if key_mask is None else key_mask[:, None]
+  k, v, log_scale = _remove_masked_keys(
+      mask, k_features.astype(dtype), v.astype(dtype), log_scale)
 
   # Rebase the sums from M_prev to M_new = max(M_prev, c), then add
   # exp(c - M_new) values(k) v^T. Both factors are <= 1.
@@ -354,10 +414,10 @@ def causal_linear_attention_step(state, q_features, k_features, v,
   state_decay = jnp.exp(state.max_log_scale - new_max)
   weighted_k = k * jnp.exp(log_scale - new_max)[..., None]
   kv_sum = (state.kv_sum * state_decay[..., None, None] +
-            weighted_k[..., None] * v.astype(dtype)[..., None, :])
+            weighted_k[..., None] * v[..., None, :])
   k_sum = state.k_sum * state_decay[..., None] + weighted_k
 
   numerator = jnp.einsum('bhm,bhmd->bhd', q, kv_sum)
   denominator = jnp.einsum('bhm,bhm->bh', q, k_sum)
   out = numerator / _safe_denominator(denominator)[..., None]
-  return CausalState(kv_sum, k_sum, new_max), out.astype(v.dtype)
+  return CausalState(kv_sum, k_sum, new_max), out.astype(v_dtype)

@@ -1,14 +1,21 @@
 """Tests for favor_trax.layers.favor.FavorAttention."""
 
+import logging
+
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trax import layers as tl
 from trax import shapes
 from trax.layers import base
 
 from favor_trax.layers import favor
 from favor_trax.ops import exact
+from favor_trax.ops import projections
+from favor_trax.training import loop as training_loop
+from favor_trax.training import trax_compat
 
 D_MODEL = 16
 N_HEADS = 2
@@ -62,14 +69,21 @@ def test_favor_layer_state_holds_projection():
   assert int(step) == 0
 
 
-@pytest.mark.parametrize('causal', [False, True])
-@pytest.mark.parametrize('kernel', ['positive_softmax', 'hyperbolic_softmax'])
-def test_favor_layer_close_to_exact_attention(causal, kernel):
+@pytest.mark.parametrize('causal, kernel, extra', [
+    (False, 'positive_softmax', {}),
+    (True, 'positive_softmax', {}),
+    (False, 'hyperbolic_softmax', {}),
+    (True, 'hyperbolic_softmax', {}),
+    (False, 'trigonometric_softmax', {}),
+    (False, 'favor_plus_plus', {}),
+    (True, 'favor_plus_plus', {'favor_plus_plus_rho': 0.1}),
+])
+def test_favor_layer_close_to_exact_attention(causal, kernel, extra):
   # Inputs of scale 0.5 keep |q|, |k| near 1, where the estimator's variance,
   # which grows like exp(2 |q + k|^2), is moderate.
   x = 0.5 * _inputs(seed=1)
   layer = _initialized_layer(x, causal=causal, kernel=kernel,
-                             n_random_features=4096, mode='eval')
+                             n_random_features=4096, mode='eval', **extra)
   favor_output = np.asarray(layer(x))
   exact_output = np.asarray(_exact_layer_output(layer, x, causal))
 
@@ -164,16 +178,22 @@ def test_favor_layer_gradients_finite():
   assert all(np.any(gradient != 0) for gradient in gradients)
 
 
-@pytest.mark.parametrize('kernel', ['positive_softmax', 'hyperbolic_softmax'])
-def test_favor_layer_predict_matches_causal_pass(kernel):
+@pytest.mark.parametrize('kernel, extra', [
+    ('positive_softmax', {}),
+    ('hyperbolic_softmax', {}),
+    ('favor_plus_plus', {'favor_plus_plus_rho': 0.3}),
+    ('relu_no_projection', {}),
+])
+def test_favor_layer_predict_matches_causal_pass(kernel, extra):
   length = 9
   x = _inputs(seed=4, length=length)
-  full_layer = _initialized_layer(x, causal=True, kernel=kernel, mode='eval')
+  full_layer = _initialized_layer(x, causal=True, kernel=kernel, mode='eval',
+                                  **extra)
   full_output = np.asarray(full_layer(x))
 
   decoder = favor.FavorAttention(
       D_MODEL, n_heads=N_HEADS, n_random_features=32, causal=True,
-      kernel=kernel, redraw_every=1, mode='predict')
+      kernel=kernel, redraw_every=1, mode='predict', **extra)
   decoder.init(shapes.signature(x[:, :1]), rng=jax.random.PRNGKey(1))
   decoder.weights = full_layer.weights
   decoder.state = full_layer.state + (decoder.state[3],)
@@ -200,6 +220,12 @@ def test_favor_layer_predict_matches_causal_pass(kernel):
     (dict(mode='test'), 'mode'),
     (dict(dropout=1.5), 'dropout'),
     (dict(mode='predict', causal=False), 'causal=True'),
+    (dict(projection='gaussian'), 'projection'),
+    (dict(scaling='unit'), 'scaling'),
+    (dict(projection='iid', scaling='fixed'), "scaling='chi'"),
+    (dict(kernel='favor_plus_plus', causal=True), 'fixed favor_plus_plus_rho'),
+    (dict(favor_plus_plus_rho=0.5), 'applies only'),
+    (dict(kernel='favor_plus_plus', favor_plus_plus_rho=-1.0), '>= 0'),
 ])
 def test_favor_layer_invalid_arguments_raise(arguments, message):
   with pytest.raises(ValueError, match=message):
@@ -212,3 +238,162 @@ def test_favor_layer_wrong_input_depth_raises():
   # Trax re-raises errors from forward as LayerError with the message.
   with pytest.raises(base.LayerError, match='d_model=16'):
     layer(np.ones((2, 5, 8), np.float32))
+
+
+@pytest.mark.parametrize('kernel, n_features', [
+    ('positive_softmax', 12),
+    ('hyperbolic_softmax', 24),
+    ('trigonometric_softmax', 24),
+    ('favor_plus_plus', 12),
+    ('relu', 12),
+    ('relu_no_projection', D_MODEL // N_HEADS),
+])
+def test_favor_layer_kernel_from_gin(kernel, n_features):
+  gin.clear_config()
+  try:
+    gin.parse_config([
+        f"favor_trax.FavorAttention.kernel = '{kernel}'",
+        "favor_trax.FavorAttention.projection = 'iid'",
+        'favor_trax.FavorAttention.n_random_features = 12',
+    ])
+    layer = favor.FavorAttention(D_MODEL, n_heads=N_HEADS)
+  finally:
+    gin.clear_config()
+
+  assert layer.n_features == n_features
+  projection = layer.draw_projection(jax.random.PRNGKey(0), 0)
+  if kernel == 'relu_no_projection':
+    assert projection.shape == (0, D_MODEL // N_HEADS)
+  else:
+    np.testing.assert_array_equal(
+        projection,
+        projections.iid_gaussian_matrix(
+            jax.random.fold_in(jax.random.PRNGKey(0), 0), 12,
+            D_MODEL // N_HEADS))
+
+
+def test_favor_layer_fixed_scaling_row_norms():
+  layer = favor.FavorAttention(D_MODEL, n_heads=N_HEADS, n_random_features=20,
+                               scaling='fixed')
+  projection = np.asarray(layer.draw_projection(jax.random.PRNGKey(1), 0))
+  depth = D_MODEL // N_HEADS
+  np.testing.assert_allclose(np.linalg.norm(projection, axis=-1),
+                             np.sqrt(depth), rtol=1e-5)
+  # Rows within a block of depth rows are orthogonal.
+  block = projection[:depth]
+  np.testing.assert_allclose(block @ block.T, depth * np.eye(depth),
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_favor_layer_relu_no_projection_matches_formula(causal):
+  x = _inputs(seed=5, length=7)
+  layer = _initialized_layer(x, causal=causal, kernel='relu_no_projection')
+  assert layer.state[0].shape == (0, D_MODEL // N_HEADS)
+  (w_q, b_q), (w_k, b_k), (w_v, b_v), (w_o, b_o) = (
+      tuple(np.asarray(array, np.float64) for array in dense)
+      for dense in layer.weights)
+
+  def heads(w, b):
+    return (x @ w + b).reshape(2, 7, N_HEADS, -1)
+
+  q_features = np.maximum(heads(w_q, b_q), 0) + 1e-3
+  k_features = np.maximum(heads(w_k, b_k), 0) + 1e-3
+  scores = np.einsum('bqhm,bkhm->bhqk', q_features, k_features)
+  if causal:
+    scores = scores * np.tril(np.ones((7, 7)))
+  weights = scores / scores.sum(-1, keepdims=True)
+  attended = np.einsum('bhqk,bkhd->bqhd', weights, heads(w_v, b_v))
+  expected = attended.reshape(2, 7, -1) @ w_o + b_o
+
+  np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def _layer_with_identity_output(x, **kwargs):
+  """A layer whose output projection is the identity, so it returns the
+  attention output of the heads, concatenated."""
+  layer = _initialized_layer(x, **kwargs)
+  weights = list(layer.weights)
+  weights[3] = (jnp.eye(D_MODEL), jnp.zeros(D_MODEL))
+  layer.weights = tuple(weights)
+  return layer
+
+
+def test_favor_layer_dropout_on_attention_output():
+  x = _inputs(seed=6)
+  plain = np.asarray(_layer_with_identity_output(x)(x))
+  dropped_layer = _layer_with_identity_output(x, dropout=0.5)
+  dropped = np.asarray(dropped_layer(x))
+
+  dropped_entries = dropped == 0
+  assert 0.35 < dropped_entries.mean() < 0.65
+  np.testing.assert_allclose(dropped[~dropped_entries],
+                             2 * plain[~dropped_entries], rtol=1e-5)
+
+  other_rng = np.asarray(dropped_layer(x, rng=jax.random.PRNGKey(7)))
+  assert np.any((other_rng == 0) != dropped_entries)
+
+
+def test_favor_layer_dropout_only_in_train_mode():
+  x = _inputs(seed=6)
+  for mode in ('eval', 'predict'):
+    plain = _initialized_layer(x, causal=True, mode=mode)
+    dropped = _initialized_layer(x, causal=True, mode=mode, dropout=0.5)
+    np.testing.assert_array_equal(dropped(x), plain(x), err_msg=mode)
+
+
+def test_favor_layer_dropout_logs_no_warning(caplog):
+  with caplog.at_level(logging.WARNING):
+    for _ in range(3):
+      favor.FavorAttention(D_MODEL, n_heads=N_HEADS, dropout=0.1)
+  assert not caplog.records
+
+
+def _token_batches(seed):
+  rng = np.random.default_rng(seed)
+  while True:
+    tokens = rng.integers(0, 16, size=(2, 8)).astype(np.int32)
+    yield tokens, tokens, np.ones_like(tokens, dtype=np.float32)
+
+
+def _tiny_model(mode):
+  return tl.Serial(
+      tl.Embedding(16, D_MODEL),
+      favor.FavorAttention(D_MODEL, n_heads=N_HEADS, n_random_features=8,
+                           redraw_every=1, mode=mode),
+      tl.Dense(16),
+      tl.LogSoftmax())
+
+
+def _make_tiny_loop(output_dir, random_seed):
+  sample_batch = next(_token_batches(0))
+  return training_loop.make_loop(
+      _tiny_model, _token_batches(1), _token_batches(2), sample_batch,
+      str(output_dir), total_steps=100, tokens_per_step=16, warmup_steps=1,
+      steps_per_checkpoint=2, steps_per_eval=1000, n_eval_batches=1,
+      random_seed=random_seed)
+
+
+def test_favor_layer_projection_survives_checkpoint(tmp_path):
+  trax_compat.apply_all()
+  loop = _make_tiny_loop(tmp_path, random_seed=0)
+  loop.run(2)
+  saved_projection, saved_key, saved_step = (
+      np.asarray(array) for array in loop.model.sublayers[1].state)
+  # Train call 1 redraws, so the saved projection is number 1, not the one
+  # drawn at init.
+  assert int(saved_step) == 2
+  np.testing.assert_array_equal(
+      saved_projection,
+      loop.model.sublayers[1].draw_projection(saved_key, 1))
+
+  # Another seed draws another projection at init, so only the checkpoint can
+  # bring the saved one back.
+  restored = _make_tiny_loop(tmp_path, random_seed=1)
+
+  assert restored.step == 2
+  restored_projection, restored_key, restored_step = (
+      np.asarray(array) for array in restored.model.sublayers[1].state)
+  np.testing.assert_array_equal(restored_projection, saved_projection)
+  np.testing.assert_array_equal(restored_key, saved_key)
+  assert int(restored_step) == 2

@@ -389,3 +389,212 @@ def test_mismatched_shapes_raise():
   with pytest.raises(ValueError, match='key_mask must have'):
     linear_attention.bidirectional_linear_attention(
         q_values, k_values, v, key_mask=np.ones((1, 3), dtype=bool))
+
+
+def _padded_problem(seed, valid_length, padded_positions, heads=2,
+                    n_features=6, depth_v=3):
+  """Return a batch-1 problem and the same keys with padding inserted.
+
+  Returns:
+    (compact, padded, key_mask, valid_positions): compact and padded are
+    tuples (q_values, k_values, v, key_log_scale). Padded keys hold nan
+    features, inf values and a log scale of 500, which a correct mask keeps
+    out of every sum.
+  """
+  compact = _random_problem(seed, 1, valid_length, heads=heads,
+                            n_features=n_features, depth_v=depth_v,
+                            log_scale_std=5.0)
+  length = valid_length + len(padded_positions)
+  key_mask = np.ones((1, length), dtype=bool)
+  key_mask[0, list(padded_positions)] = False
+  valid_positions = np.flatnonzero(key_mask[0])
+  garbage = _random_problem(seed + 1, 1, length, heads=heads,
+                            n_features=n_features, depth_v=depth_v)
+  padded = []
+  for array, filler in zip(compact, garbage):
+    array_padded = filler.copy()
+    array_padded[:, valid_positions] = array
+    padded.append(array_padded)
+  q_values, k_values, v, key_log_scale = padded
+  k_values[:, ~key_mask[0]] = np.nan
+  v[:, ~key_mask[0]] = np.inf
+  key_log_scale[:, ~key_mask[0]] = 500.0
+  return compact, (q_values, k_values, v, key_log_scale), key_mask, (
+      valid_positions)
+
+
+def _output_and_gradients(loss_fn, arguments):
+  """Return the output and the gradients of loss_fn -> (loss, output)."""
+  (_, output), gradients = jax.value_and_grad(
+      loss_fn, argnums=(0, 1, 2), has_aux=True)(*arguments)
+  return output, gradients
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_key_mask_removes_keys_and_gradients(causal):
+  # Padding at the start, in the middle and at the end of the sequence, and
+  # chunks of 4 so that some chunks hold only padding.
+  compact, padded, key_mask, valid_positions = _padded_problem(
+      30, valid_length=9, padded_positions=(0, 1, 5, 6, 7, 8, 12, 15))
+  cotangent = np.random.default_rng(31).normal(size=compact[2].shape).astype(
+      np.float32)
+
+  def attend(q_values, k_values, v, key_log_scale, key_mask):
+    if causal:
+      return linear_attention.causal_linear_attention(
+          q_values, k_values, v, key_log_scale=key_log_scale, chunk_size=4,
+          key_mask=key_mask)
+    return linear_attention.bidirectional_linear_attention(
+        q_values, k_values, v, key_mask=key_mask, key_log_scale=key_log_scale)
+
+  def compact_loss(q_values, k_values, v):
+    out = attend(q_values, k_values, v, compact[3], None)
+    return jnp.sum(out * cotangent), out
+
+  def padded_loss(q_values, k_values, v):
+    out = attend(q_values, k_values, v, padded[3], key_mask)
+    # Only the outputs at real positions enter the loss.
+    return jnp.sum(out[:, valid_positions] * cotangent), out
+
+  compact_out, compact_gradients = _output_and_gradients(compact_loss,
+                                                         compact[:3])
+  padded_out, padded_gradients = _output_and_gradients(padded_loss,
+                                                       padded[:3])
+
+  np.testing.assert_allclose(padded_out[:, valid_positions], compact_out,
+                             rtol=1e-5, atol=1e-6)
+  padding = np.flatnonzero(~key_mask[0])
+  for name, padded_gradient, compact_gradient in zip(
+      ('q', 'k', 'v'), padded_gradients, compact_gradients):
+    padded_gradient = np.asarray(padded_gradient)
+    scale = np.max(np.abs(compact_gradient))
+    np.testing.assert_allclose(
+        padded_gradient[:, valid_positions], compact_gradient, rtol=1e-4,
+        atol=1e-5 * scale, err_msg=f'gradient with respect to {name}_values')
+    np.testing.assert_array_equal(
+        padded_gradient[:, padding], 0,
+        err_msg=f'gradient with respect to {name}_values at padding')
+
+
+def test_causal_key_mask_leading_padding_gives_zero():
+  _, padded, key_mask, _ = _padded_problem(32, valid_length=3,
+                                           padded_positions=(0, 1, 2))
+  out = np.asarray(linear_attention.causal_linear_attention(
+      *padded[:3], key_log_scale=padded[3], chunk_size=2, key_mask=key_mask))
+  # Queries 0..2 see only padded keys.
+  np.testing.assert_array_equal(out[:, :3], 0)
+  assert np.all(np.isfinite(out))
+
+
+def test_causal_step_key_mask_equals_deleted_keys():
+  compact, padded, key_mask, valid_positions = _padded_problem(
+      33, valid_length=6, padded_positions=(0, 3, 4, 9))
+  expected = linear_attention.causal_linear_attention(
+      *compact[:3], key_log_scale=compact[3], chunk_size=4)
+
+  q_values, k_values, v, key_log_scale = padded
+  state = linear_attention.init_causal_state(1, 2, 6, 3)
+  step = jax.jit(linear_attention.causal_linear_attention_step)
+  outputs = []
+  for position in range(key_mask.shape[1]):
+    state, output = step(state, q_values[:, position], k_values[:, position],
+                         v[:, position], key_log_scale[:, position],
+                         key_mask[:, position])
+    outputs.append(output)
+  outputs = np.stack(outputs, axis=1)
+
+  assert np.all(np.isfinite(outputs))
+  np.testing.assert_array_equal(outputs[:, 0], 0)
+  np.testing.assert_allclose(outputs[:, valid_positions], expected,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_causal_key_mask_wrong_shape_raises():
+  q_values, k_values, v, _ = _random_problem(34, 1, 4)
+  with pytest.raises(ValueError, match='key_mask must have'):
+    linear_attention.causal_linear_attention(
+        q_values, k_values, v, key_mask=np.ones((1, 3), dtype=bool))
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_signed_features_match_quadratic(causal):
+  # Trigonometric features are signed. The sums must not assume positivity.
+  q_values, k_values, v, key_log_scale = _random_problem(35, 2, 11)
+  rng = np.random.default_rng(36)
+  q_values = q_values * rng.choice([-1.0, 1.0], size=q_values.shape)
+  k_values = k_values * rng.choice([-1.0, 1.0], size=k_values.shape)
+  q_values, k_values = (array.astype(np.float32)
+                        for array in (q_values, k_values))
+  if causal:
+    out = linear_attention.causal_linear_attention(
+        q_values, k_values, v, key_log_scale=key_log_scale, chunk_size=4)
+  else:
+    out = linear_attention.bidirectional_linear_attention(
+        q_values, k_values, v, key_log_scale=key_log_scale)
+  expected = _quadratic_reference(q_values, k_values, v, key_log_scale,
+                                  causal=causal)
+  # Denominators near 0 amplify rounding, so the absolute tolerance scales
+  # with the largest output.
+  np.testing.assert_allclose(out, expected, rtol=1e-3,
+                             atol=1e-5 * np.abs(expected).max())
+
+
+def _long_sequence(length, depth, max_norm, seed):
+  """Return q, k with norms spread over [0, max_norm] and v, as float32."""
+  rng = np.random.default_rng(seed)
+  arrays = []
+  for _ in range(2):
+    direction = rng.normal(size=(1, length, 1, depth))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    norms = rng.uniform(0, max_norm, size=(1, length, 1, 1))
+    arrays.append(direction * norms)
+  arrays.append(rng.normal(size=(1, length, 1, depth)))
+  return [array.astype(np.float32) for array in arrays]
+
+
+def test_low_precision_long_sequence_close():
+  length, depth, n_features = 16_384, 16, 32
+  q, k, v = _long_sequence(length, depth, max_norm=30.0, seed=37)
+  projection = projections.orthogonal_gaussian_matrix(
+      jax.random.PRNGKey(38), n_features, depth)
+
+  def attend(q, k, v):
+    scale = depth**-0.25
+    q_features = features.positive_softmax_features(q * scale, projection)
+    k_features = features.positive_softmax_features(k * scale, projection)
+    arguments = (q_features.values, k_features.values, v)
+    causal = linear_attention.causal_linear_attention(
+        *arguments, key_log_scale=k_features.log_scale)
+    bidirectional = linear_attention.bidirectional_linear_attention(
+        *arguments, key_log_scale=k_features.log_scale)
+    return causal, bidirectional
+
+  # One jit for all runs compiles once, which takes most of the time.
+  @jax.jit
+  def attend_all(problems):
+    return [attend(*problem) for problem in problems]
+
+  dtypes = (jnp.bfloat16, jnp.float16)
+  low = [[jnp.asarray(array, dtype) for array in (q, k, v)]
+         for dtype in dtypes]
+  # The float32 references get the same rounded inputs, so the comparison
+  # measures the precision of the computation, not of the inputs.
+  rounded = [[array.astype(jnp.float32) for array in problem]
+             for problem in low]
+  outputs = attend_all(low + rounded)
+
+  for index, dtype in enumerate(dtypes):
+    tolerance = float(jnp.finfo(dtype).eps)
+    for mode, result, expected in zip(
+        ('causal', 'bidirectional'), outputs[index],
+        outputs[index + len(dtypes)]):
+      name = f'{mode} attention in {jnp.dtype(dtype).name}'
+      assert result.dtype == dtype, name
+      result = np.asarray(result, np.float32)
+      expected = np.asarray(expected, np.float32)
+      assert np.all(np.isfinite(result)), name
+      assert np.all(np.isfinite(expected)), name
+      # Rounding the output to dtype moves it by at most eps/2 relative.
+      np.testing.assert_allclose(result, expected, rtol=tolerance,
+                                 atol=tolerance * np.abs(expected).max(),
+                                 err_msg=name)
