@@ -54,6 +54,8 @@ def _measure_point(kind, length, steps):
   from favor_trax.models import performer_lm  # pylint: disable=import-outside-toplevel
   from favor_trax.training import config  # pylint: disable=import-outside-toplevel
   from favor_trax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
+  # Registers the gin names that the task config refers to.
+  from tasks import experiment  # pylint: disable=import-outside-toplevel,unused-import
 
   config.parse_gin([str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
                     str(REPO_ROOT / 'gin' / 'attention' / f'{kind}.gin')],
