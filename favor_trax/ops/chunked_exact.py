@@ -14,28 +14,11 @@ Transformer" (ICML 2018). Time and memory grow as L * block_size.
 import jax
 import jax.numpy as jnp
 
+from favor_trax.ops import exact
+
 
 def _compute_dtype(q, v):
   return jnp.promote_types(jnp.promote_types(q.dtype, v.dtype), jnp.float32)
-
-
-def _check_inputs(q, k, v, causal):
-  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(
-        f'q, k and v must have shape [batch, length, heads, depth], got '
-        f'shapes {q.shape}, {k.shape} and {v.shape}.')
-  if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-    raise ValueError(
-        f'k must have the batch, heads and depth of q {q.shape}, got shape '
-        f'{k.shape}.')
-  if v.shape[:3] != k.shape[:3]:
-    raise ValueError(
-        f'v must have the batch, length and heads of k {k.shape}, got shape '
-        f'{v.shape}.')
-  if causal and q.shape[1] != k.shape[1]:
-    raise ValueError(
-        f'causal attention needs equal query and key lengths, got '
-        f'{q.shape[1]} and {k.shape[1]}.')
 
 
 def _masked_softmax_average(logits, allowed, v):
@@ -68,7 +51,7 @@ def query_chunked_softmax_attention(q, k, v, causal=False, chunk_size=256,
   Returns:
     [batch, query_length, heads, depth_v] in the dtype of v.
   """
-  _check_inputs(q, k, v, causal)
+  exact.validate_shapes(q, k, v, causal, key_mask)
   if chunk_size < 1:
     raise ValueError(f'chunk_size must be positive, got {chunk_size}.')
   batch, length, heads, depth = q.shape
@@ -127,7 +110,7 @@ def local_attention(q, k, v, block_size=128, causal=True):
   Returns:
     [batch, length, heads, depth_v] in the dtype of v.
   """
-  _check_inputs(q, k, v, causal=True)
+  exact.validate_shapes(q, k, v, causal=True)
   if block_size < 1:
     raise ValueError(f'block_size must be positive, got {block_size}.')
   batch, length, heads, depth = q.shape

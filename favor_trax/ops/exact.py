@@ -8,7 +8,8 @@ baselines compare against it.
 import jax.numpy as jnp
 
 
-def _validate_shapes(q, k, v, causal, key_mask):
+def validate_shapes(q, k, v, causal, key_mask=None):
+  """Raise ValueError unless q, k, v (and key_mask) have attention shapes."""
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(
         f'q, k and v must have shape [batch, length, heads, depth], got '
@@ -49,7 +50,7 @@ def softmax_attention(q, k, v, causal=False, key_mask=None):
   Returns:
     Array of shape [batch, query_length, heads, depth_v] in the dtype of v.
   """
-  _validate_shapes(q, k, v, causal, key_mask)
+  validate_shapes(q, k, v, causal, key_mask)
   dtype = jnp.promote_types(jnp.promote_types(q.dtype, v.dtype), jnp.float32)
   depth = q.shape[-1]
   logits = jnp.einsum(
