@@ -98,7 +98,7 @@ def _transfer_weights(loop, init_checkpoint):
     {'path', 'n_loaded', 'not_loaded'} describing the transfer.
 
   Raises:
-    ValueError: the token embeddings differ in vocabulary size or d_model.
+    ConfigError: the token embeddings differ in vocabulary size or d_model.
   """
   path = init_checkpoint
   if os.path.isdir(path):
@@ -110,7 +110,7 @@ def _transfer_weights(loop, init_checkpoint):
     expected = tuple(model_weights[name].shape)
     found = tuple(stored[name].shape) if name in stored else None
     if found != expected:
-      raise ValueError(
+      raise config.ConfigError(
           f'--init_checkpoint {path} has token embeddings of shape {found} '
           f'(vocab_size, d_model), but this model has {expected}. Weight '
           'transfer needs the same vocabulary and d_model.')
