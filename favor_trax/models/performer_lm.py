@@ -11,13 +11,72 @@ Efficient Transformer" (ICLR 2020), with the attention layer as an argument:
 A reversible block recomputes its inputs from its outputs, so a trainer that
 walks the blocks backward (Trax's memory-efficient trainer) stores the
 activations of one block at a time rather than of all n_layers.
+
+With activation_dtype 'bfloat16', each residual branch computes in bfloat16 on
+float32 master weights, while the two residual streams stay float32. A
+reversible block reconstructs its input as output - branch(...), which is
+exact only up to the rounding of the streams' dtype, so float32 streams keep
+the reconstruction as accurate as in a float32 model.
 """
 
 import gin
+import jax
+from jax import numpy as jnp
 from trax import layers as tl
 
 from favor_trax.layers import feed_forward
 from favor_trax.layers import kinds
+
+
+ACTIVATION_DTYPES = ('float32', 'bfloat16')
+
+
+def _cast_floating(tree, dtype):
+  """Cast the floating-point arrays of `tree` to `dtype`, other leaves as is."""
+  def cast(value):
+    if hasattr(value, 'dtype') and jnp.issubdtype(value.dtype, jnp.floating):
+      return value.astype(dtype)
+    return value
+  return jax.tree_util.tree_map(cast, tree)
+
+
+class MixedPrecisionSerial(tl.Serial):
+  """Serial combinator that computes in `compute_dtype` on float32 weights.
+
+  Floating-point inputs and weights are cast to compute_dtype before the
+  sublayers run, and floating-point outputs are cast back to float32.
+  Gradients flow through the casts, so an optimizer updates the float32
+  weights. State passes through uncast. The weights have the layout of a plain
+  `tl.Serial` of the same sublayers, so checkpoints load into either.
+  """
+
+  def __init__(self, *sublayers, compute_dtype):
+    super().__init__(*sublayers)
+    self._compute_dtype = jnp.dtype(compute_dtype)
+    self._name = f'MixedPrecisionSerial_{self._compute_dtype.name}'
+
+  def forward(self, xs):
+    float32_weights = self.weights
+    self.weights = _cast_floating(float32_weights, self._compute_dtype)
+    try:
+      outputs = super().forward(_cast_floating(xs, self._compute_dtype))
+    finally:
+      self.weights = float32_weights
+    return _cast_floating(outputs, jnp.float32)
+
+
+def HalfResidual(*residual_layers, activation_dtype):  # pylint: disable=invalid-name
+  """Return `tl.ReversibleHalfResidual` whose branch computes in activation_dtype."""
+  layer = tl.ReversibleHalfResidual(*residual_layers)
+  if activation_dtype != 'float32':
+    # The branch stays the layer's only sublayer, as in the float32 model,
+    # so both models have the same weight layout and layer names.
+    # pylint: disable=protected-access
+    layer._compute_residual = MixedPrecisionSerial(
+        *layer._compute_residual.sublayers, compute_dtype=activation_dtype)
+    layer._sublayers = (layer._compute_residual,)
+    # pylint: enable=protected-access
+  return layer
 
 
 def _check_positive(**values):
@@ -27,7 +86,7 @@ def _check_positive(**values):
 
 
 def DecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation, ff_chunk_size,  # pylint: disable=invalid-name
-                 attention_layer, mode):
+                 attention_layer, mode, activation_dtype='float32'):
   """Return the four reversible layers of one block, [batch, length, d_model] each way."""
   attention = attention_layer(
       d_model, n_heads=n_heads, dropout=dropout, causal=True, mode=mode)
@@ -35,10 +94,12 @@ def DecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation, ff_chunk_size, 
       d_model, d_ff, dropout=dropout, activation=ff_activation,
       chunk_size=ff_chunk_size, mode=mode)
   return [
-      tl.ReversibleHalfResidual(
-          tl.LayerNorm(), attention, tl.Dropout(rate=dropout, mode=mode)),
+      HalfResidual(tl.LayerNorm(), attention,
+                   tl.Dropout(rate=dropout, mode=mode),
+                   activation_dtype=activation_dtype),
       tl.ReversibleSwap(),
-      tl.ReversibleHalfResidual(tl.LayerNorm(), feed_forward_block),
+      HalfResidual(tl.LayerNorm(), feed_forward_block,
+                   activation_dtype=activation_dtype),
       tl.ReversibleSwap(),
   ]
 
@@ -54,6 +115,7 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
                 ff_activation=tl.FastGelu,
                 ff_chunk_size=0,
                 attention_layer=kinds.FavorAttention,
+                activation_dtype='float32',
                 mode='train'):
   """Return a decoder-only language model over token ids.
 
@@ -70,6 +132,9 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
     attention_layer: Factory called as attention_layer(d_model, n_heads=...,
       dropout=..., causal=True, mode=...) that returns a self-attention layer
       mapping [batch, length, d_model] to [batch, length, d_model].
+    activation_dtype: 'float32', or 'bfloat16' to compute the attention and
+      feed-forward branches in bfloat16. Weights, the residual streams, the
+      embedding and the output logits stay float32 either way.
     mode: 'train', 'eval' or 'predict'.
 
   Returns:
@@ -84,11 +149,15 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
         f"mode must be 'train', 'eval' or 'predict', got {mode!r}.")
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
+  if activation_dtype not in ACTIVATION_DTYPES:
+    raise ValueError(f'activation_dtype must be one of {ACTIVATION_DTYPES}, '
+                     f'got {activation_dtype!r}.')
 
   blocks = []
   for _ in range(n_layers):
     blocks.extend(DecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation,
-                               ff_chunk_size, attention_layer, mode))
+                               ff_chunk_size, attention_layer, mode,
+                               activation_dtype))
   return tl.Serial(
       tl.ShiftRight(mode=mode),
       tl.Embedding(vocab_size, d_model),

@@ -13,8 +13,10 @@ import time
 
 from absl import logging
 import gin
+from trax import fastmath
 from trax import layers as tl
 from trax import optimizers
+from trax import shapes
 from trax.supervised import callbacks
 from trax.supervised import lr_schedules
 from trax.supervised import training
@@ -32,13 +34,44 @@ class CheckpointingLoop(training.Loop):
   Here every file is first written under a staging name and then renamed in
   one short burst, pickle last, so a kill during the slow part leaves the
   previous checkpoint whole.
+
+  With `use_memory_efficient_trainer`, Trax's Loop evaluates the train-mode
+  model, with dropout on. Here the periodic evaluation runs `eval_model`
+  instead, with the weights and state of the trained model, as it does with
+  the standard trainer.
   """
+
+  def __init__(self, model, tasks, eval_model=None, **kwargs):
+    self._eval_mode_model = eval_model
+    super().__init__(model, tasks, eval_model=eval_model, **kwargs)
+
+  def _init_evaluator(self, eval_task):
+    if not self._use_memory_efficient_trainer or self._eval_mode_model is None:
+      return super()._init_evaluator(eval_task)
+    # Trax builds the metrics function from self._eval_model, which its
+    # memory-efficient path sets to the train-mode model. Evaluation passes
+    # the trained weights and state explicitly, so the eval-mode model gets
+    # only the shapes of the weights here, not a second copy of them.
+    eval_model = self._eval_mode_model
+    eval_model.weights = fastmath.nested_map(shapes.signature,
+                                             self._model.weights)
+    eval_model.state = self._model.state
+    train_model = self._eval_model
+    self._eval_model = eval_model
+    try:
+      return super()._init_evaluator(eval_task)
+    finally:
+      self._eval_model = train_model
 
   def save_checkpoint(self, basename):
     if self._output_dir is None:
       return
     staging = basename + '.staging'
     super().save_checkpoint(staging)
+    if not self.is_chief:
+      # Trax writes checkpoints on the first host only, and the other hosts
+      # hold the same weights, so they write nothing.
+      return
     named_weights.save(
         self.model, os.path.join(self._output_dir,
                                  staging + named_weights.NAMED_WEIGHTS_SUFFIX))
@@ -131,6 +164,10 @@ def make_loop(model_fn,
     n_eval_batches: Batches per periodic evaluation.
     use_memory_efficient_trainer: Train reversible blocks one at a time,
       recomputing activations in backward (Trax's ReversibleSerialTrainer).
+      Weights and optimizer slots then live in host memory, and each layer's
+      are copied to the accelerator for its step. NOTE: Trax compiles the
+      periodic evaluation of this path for the CPU, so on a GPU or TPU host
+      it runs on the host.
     random_seed: Seed of the weight initialization and dropout.
 
   Returns:

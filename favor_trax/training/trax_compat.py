@@ -9,6 +9,9 @@ Breakages handled elsewhere, without a patch:
 - `Loop(use_memory_efficient_trainer=True)` calls the task's optimizer as a
   factory; `favor_trax.training.loop` passes a factory.
 - `import tensorflow_datasets` needs `importlib_resources`; setup.py pins it.
+- `Loop(use_memory_efficient_trainer=True)` evaluates the train-mode model,
+  with dropout on; `favor_trax.training.loop.CheckpointingLoop` evaluates its
+  eval_model instead.
 """
 
 import functools
@@ -16,8 +19,12 @@ import importlib
 
 import jax
 from jax import lax
+from jax import numpy as jnp
+from jax import sharding
 import numpy as np
 from trax import fastmath
+from trax import layers as tl
+from trax import optimizers
 from trax.layers import acceleration
 
 # `trax.fastmath.numpy` as an attribute is the backend's numpy, so the module
@@ -134,8 +141,205 @@ def patch_cond_operands():
   _APPLIED.add('cond_operands')
 
 
+# The axis name that Trax's trainers give `pmap`. Arrays sharded on a mesh with
+# this axis name have the sharding of those pmaps' outputs, so a pmapped step
+# compiles once for replicated inputs and for its own outputs.
+_PMAP_AXIS_NAME = 'batch'
+
+
+def _replicate_on_local_devices(value):
+  """Return `value` stacked once per local device, slice i on device i."""
+  devices = jax.local_devices()
+  if not isinstance(value, jax.Array):
+    value = np.asarray(value)
+  mesh = sharding.Mesh(np.array(devices), (_PMAP_AXIS_NAME,))
+  stacked_sharding = sharding.NamedSharding(
+      mesh, sharding.PartitionSpec(_PMAP_AXIS_NAME))
+  slices = [jax.device_put(value[None], device) for device in devices]
+  return jax.make_array_from_single_device_arrays(
+      (len(devices),) + value.shape, stacked_sharding, slices)
+
+
+def patch_for_n_devices():
+  """Make `tl.for_n_devices` replicate arrays without `device_put_replicated`.
+
+  Trax replicates weights, state and optimizer slots for `pmap` with
+  `jax.device_put_replicated`, which jax 0.10.2 no longer exports. Without
+  this patch, every Trax trainer on more than one device raises
+  `AttributeError: jax.device_put_replicated is deprecated`.
+  """
+  if 'for_n_devices' in _APPLIED:
+    return
+  original = acceleration.for_n_devices
+
+  @functools.wraps(original)
+  def for_n_devices(x, n_devices):
+    if n_devices > 1 and fastmath.is_backend(fastmath.Backend.JAX):
+      return fastmath.nested_map(_replicate_on_local_devices, x)
+    return original(x, n_devices)
+
+  # `Accelerate` calls the module-level name, and trainers call
+  # `tl.for_n_devices`.
+  acceleration.for_n_devices = for_n_devices
+  tl.for_n_devices = for_n_devices
+  _APPLIED.add('for_n_devices')
+
+
+def _spread_single_device_array(value, axis_name):
+  """Return a one-device array split on axis 0 as pmap splits its inputs.
+
+  The sharding equals that of pmap's outputs, so the first call and later
+  calls, which get the previous call's outputs, compile the same program.
+  Other values are returned unchanged.
+  """
+  if (not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer)
+      or len(value.sharding.device_set) != 1):
+    return value
+  if (axis_name is None or jax.process_count() > 1 or value.ndim == 0
+      or value.shape[0] > jax.device_count()):
+    # pmap converts host arrays itself, in every case it accepts.
+    return np.asarray(value)
+  mesh = sharding.Mesh(np.array(jax.devices()[:value.shape[0]]), (axis_name,))
+  return jax.device_put(
+      value, sharding.NamedSharding(mesh, sharding.PartitionSpec(axis_name)))
+
+
+def _pmap(fun, *args, **kwargs):
+  """Run `jax.pmap`, spreading one-device array arguments over the devices."""
+  mapped = jax.pmap(fun, *args, **kwargs)
+  spread = functools.partial(_spread_single_device_array,
+                             axis_name=kwargs.get('axis_name'))
+
+  @functools.wraps(fun)
+  def call(*call_args, **call_kwargs):
+    call_args, call_kwargs = jax.tree_util.tree_map(
+        spread, (call_args, call_kwargs))
+    return mapped(*call_args, **call_kwargs)
+
+  return call
+
+
+def patch_pmap_committed_arguments():
+  """Make `fastmath.pmap` accept arguments placed on one device.
+
+  Trax keeps optimizer slots and parameters on the host with `tl.on_cpu`,
+  which commits them to one device, and passes them to pmapped update
+  functions. Since jax 0.8, `jax.pmap` is `jax.jit` over `shard_map` and
+  raises `ValueError: Sharding passed to jit does not match the sharding on
+  the respective arg` for such arguments. The patch moves them to the
+  sharding that `pmap` gives its outputs, split on the leading axis across
+  the devices, as the old `pmap` did.
+
+  NOTE: functions that Trax pmaps at import time (`training.py`'s
+  `_make_weights_and_state_same_across_hosts`, used only across several hosts
+  without a random seed, and the weight-sharding helpers in `layers/base.py`)
+  keep the unpatched `pmap`.
+  """
+  if 'pmap_committed_arguments' in _APPLIED:
+    return
+  trax_jax_backend.JAX_BACKEND['pmap'] = _pmap
+  _APPLIED.add('pmap_committed_arguments')
+
+
+def _default_device():
+  """Return the device JAX places new arrays on (jax_default_device or first)."""
+  return next(iter(jnp.zeros(()).devices()))
+
+
+def patch_trainer_placement():
+  """Run the single-device `Trainer` step on JAX's default device.
+
+  Trax's `Trainer` keeps optimizer slots and parameters on the host with
+  `tl.on_cpu`, which commits them to the CPU device, while the first step's
+  weights are uncommitted. A jitted call runs on the device of its committed
+  arguments. So on a host with one GPU or TPU the update runs on the CPU, and
+  on any host the second step compiles the update again, because the weights
+  come back committed. The patch commits weights, state, slots and optimizer
+  parameters to the default device before each step. With more than one
+  device the trainer pmaps, and `patch_pmap_committed_arguments` applies.
+
+  NOTE: the tests check this with two CPU devices, the second one the default
+  device in place of an accelerator. It has not run on a GPU or TPU.
+  """
+  if 'trainer_placement' in _APPLIED:
+    return
+  original = optimizers.Trainer.one_step
+
+  @functools.wraps(original)
+  def one_step(self, batch, rng, step=0, learning_rate=None):
+    if self._n_devices == 1:  # pylint: disable=protected-access
+      device = _default_device()
+      model = self.accelerated_model_with_loss
+      model.weights = jax.device_put(model.weights, device)
+      model.state = jax.device_put(model.state, device)
+      # pylint: disable=protected-access
+      self._slots = jax.device_put(self._slots, device)
+      self._opt_params = jax.device_put(self._opt_params, device)
+      # pylint: enable=protected-access
+    return original(self, batch, rng, step=step, learning_rate=learning_rate)
+
+  optimizers.Trainer.one_step = one_step
+  _APPLIED.add('trainer_placement')
+
+
+def patch_reversible_trainer_rng():
+  """Give `ReversibleSerialTrainer` its step rng on the accelerator.
+
+  With the memory-efficient trainer, Trax's Loop keeps its rng on the host
+  (`tl.on_cpu`). On one device the trainer splits per-layer keys from it and
+  passes them, with weights it moved by `tl.on_accelerator`, to jitted layer
+  functions. On a host with one GPU or TPU, jax 0.10.2 then raises
+  `ValueError: Received incompatible devices for jitted computation`. The
+  patch moves the step rng with `tl.on_accelerator`, which leaves it in place
+  on a host without an accelerator.
+
+  NOTE: the tests check this with two CPU devices, `tl.on_accelerator`
+  replaced by a move to the second one. It has not run on a GPU or TPU.
+  """
+  if 'reversible_trainer_rng' in _APPLIED:
+    return
+  original = optimizers.ReversibleSerialTrainer.one_step
+
+  @functools.wraps(original)
+  def one_step(self, batch, rng, step=0, learning_rate=None):
+    if self._n_devices == 1:  # pylint: disable=protected-access
+      rng = tl.on_accelerator(rng)
+    return original(self, batch, rng, step=step, learning_rate=learning_rate)
+
+  optimizers.ReversibleSerialTrainer.one_step = one_step
+  _APPLIED.add('reversible_trainer_rng')
+
+
+def patch_reversible_trainer_weights():
+  """Give `ReversibleSerialTrainer` host weights as numpy arrays at every step.
+
+  Trax's trainer converts each layer's weights to numpy after a step, but the
+  first step gets them from `init_reversible_blocks` as arrays committed to
+  the CPU device. Without an accelerator `tl.on_accelerator` passes both on
+  unchanged, and the second step compiles every layer function again. The
+  patch converts the weights to numpy before each step, as Trax does after it.
+  """
+  if 'reversible_trainer_weights' in _APPLIED:
+    return
+  original = optimizers.ReversibleSerialTrainer.one_step
+
+  @functools.wraps(original)
+  def one_step(self, batch, rng, step=0, learning_rate=None):
+    for layer in self.all_layers:
+      self._collect_weights(layer)  # pylint: disable=protected-access
+    return original(self, batch, rng, step=step, learning_rate=learning_rate)
+
+  optimizers.ReversibleSerialTrainer.one_step = one_step
+  _APPLIED.add('reversible_trainer_weights')
+
+
 def apply_all():
   """Apply every patch in this module; calling it again does nothing."""
   patch_tree_unflatten()
   patch_accelerate_rng()
   patch_cond_operands()
+  patch_for_n_devices()
+  patch_pmap_committed_arguments()
+  patch_trainer_placement()
+  patch_reversible_trainer_rng()
+  patch_reversible_trainer_weights()
