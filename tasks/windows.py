@@ -2,7 +2,7 @@
 
 A window is a pair of arrays of shape [length]: token ids, padded with the pad
 id, and weights, 1.0 on real tokens and 0.0 on padding. Each window lies inside
-one sequence, so a model never sees two books in one window.
+one sequence, so no window mixes two books.
 
 Batches follow Trax's convention for decoder-only language models, whose
 `tl.ShiftRight` layer shifts the inputs right inside the model: inputs and

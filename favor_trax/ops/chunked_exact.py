@@ -6,9 +6,10 @@ time, [batch, heads, chunk_size, key_length], under `jax.checkpoint`, so
 neither forward nor backward stores the full L x L matrix.
 
 `local_attention` lets each query attend to the keys of its own block of
-`block_size` positions and of the block before it (causal: only keys at or
-before the query), as in the local attention of Parmar et al., "Image
-Transformer" (ICML 2018). Time and memory grow as L * block_size.
+`block_size` positions and of the block before it. Causal attention keeps
+only the keys at or before the query. This is the local attention of Parmar
+et al., "Image Transformer" (ICML 2018). Time and memory grow as
+L * block_size.
 """
 
 import jax
