@@ -3,11 +3,15 @@ r"""Train or evaluate a favor_trax model from gin config files.
   python run.py --config_file gin/pg19/demo.gin --output_dir runs/demo
   python run.py --config_file gin/pg19/base.gin --data_dir /data/pg19 \
       --config 'PerformerLM.n_layers = 2' --output_dir runs/pg19
+  python run.py --config_file gin/pg19/demo.gin --output_dir runs/demo \
+      --mode sample --prompt 'The list type' --temperature 0.8 --top_k 20
 
 Flags follow Trax's trainer: --config_file and --config repeat and apply in
 order; an unknown configurable or parameter is an error. Training resumes
 from the latest checkpoint in --output_dir. Both modes end by scoring every
 token of the evaluation splits and writing output_dir/eval_results.json.
+Mode sample draws from the checkpoint in --output_dir with the same config
+files; see tasks/sampling.py.
 """
 
 import os
@@ -33,15 +37,48 @@ _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Directory for checkpoints, TensorBoard events, the '
     'operative gin config and eval_results.json.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval'], 'train: train (resuming from '
-    'output_dir), then evaluate. eval: evaluate the checkpoint in output_dir.')
+    'mode', 'train', ['train', 'eval', 'sample'], 'train: train (resuming '
+    'from output_dir), then evaluate. eval: evaluate the checkpoint in '
+    'output_dir. sample: draw from the checkpoint in output_dir (text: '
+    'continue --prompt; images: write PNG grids).')
 _INIT_CHECKPOINT = flags.DEFINE_string(
     'init_checkpoint', None, 'Output directory of an earlier run whose '
     'weights start this run wherever names and shapes agree, for example '
     'those of a model trained with another attention kind.')
+_PROMPT = flags.DEFINE_string(
+    'prompt', '', 'Mode sample, text tasks: the text the samples continue.')
+_N_SAMPLES = flags.DEFINE_integer(
+    'n_samples', 1, 'Mode sample: number of samples (images: per grid).')
+_SAMPLE_LENGTH = flags.DEFINE_integer(
+    'sample_length', None, 'Mode sample, text tasks: new tokens per sample. '
+    "Defaults to the rest of the model's max_len after the prompt.")
+_TEMPERATURE = flags.DEFINE_float(
+    'temperature', 1.0, 'Mode sample: softmax temperature; 0 decodes '
+    'greedily.')
+_TOP_K = flags.DEFINE_integer(
+    'top_k', 0, 'Mode sample: draw among the k most likely tokens only; 0 '
+    'keeps all.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Mode sample: seed of the draws.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, "Local dataset directory; overrides the config's "
     'data_dir.')
+
+
+def _check_sample_flags():
+  """Raise ConfigError on a sampling flag out of range."""
+  if _N_SAMPLES.value < 1:
+    raise config.ConfigError(
+        f'--n_samples must be at least 1, got {_N_SAMPLES.value}.')
+  if _SAMPLE_LENGTH.value is not None and _SAMPLE_LENGTH.value < 1:
+    raise config.ConfigError(
+        f'--sample_length must be at least 1, got {_SAMPLE_LENGTH.value}.')
+  if _TEMPERATURE.value < 0:
+    raise config.ConfigError(
+        f'--temperature must be >= 0 (0 decodes greedily), got '
+        f'{_TEMPERATURE.value}.')
+  if _TOP_K.value < 0:
+    raise config.ConfigError(
+        f'--top_k must be >= 0 (0 keeps every token), got {_TOP_K.value}.')
 
 
 def main(argv):
@@ -62,14 +99,27 @@ def main(argv):
     raise config.ConfigError(
         f'--data_dir {_DATA_DIR.value} is not a directory. Give a PG-19 '
         'directory with metadata.csv and train/, validation/, test/.')
+  if _MODE.value == 'sample':
+    _check_sample_flags()
   output_dir = os.path.abspath(os.path.expanduser(_OUTPUT_DIR.value))
   config.ensure_writable_dir(output_dir)
 
-  from tasks import experiment  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from tasks import experiment
+  from tasks import sampling
+  # pylint: enable=import-outside-toplevel
   config.parse_gin(_CONFIG_FILES.value, _CONFIG.value)
+  sample_options = sampling.SampleOptions(
+      prompt=_PROMPT.value, n_samples=_N_SAMPLES.value,
+      n_new_tokens=_SAMPLE_LENGTH.value, temperature=_TEMPERATURE.value,
+      top_k=_TOP_K.value, seed=_SEED.value)
   results = experiment.run_experiment(
       output_dir=output_dir, mode=_MODE.value, data_dir=_DATA_DIR.value,
-      init_checkpoint=_INIT_CHECKPOINT.value)
+      init_checkpoint=_INIT_CHECKPOINT.value, sample_options=sample_options)
+  if _MODE.value == 'sample':
+    logging.info('samples written to %s',
+                 os.path.join(output_dir, sampling.SAMPLES_FILE))
+    return 0
   logging.info('results written to %s',
                os.path.join(output_dir, 'eval_results.json'))
   for split_results in results['splits']:

@@ -25,6 +25,7 @@ from favor_trax.training import named_weights
 from tasks import evaluation
 from tasks import metrics
 from tasks import pg19
+from tasks import sampling
 
 RESULTS_FILE = 'eval_results.json'
 
@@ -176,11 +177,12 @@ def evaluate_split(corpus, model, weights, state, split, batch_size, length,
 
 
 @gin.configurable(module='favor_trax', denylist=[
-    'output_dir', 'mode', 'data_dir', 'init_checkpoint'])
+    'output_dir', 'mode', 'data_dir', 'init_checkpoint', 'sample_options'])
 def run_experiment(output_dir,
                    mode='train',
                    data_dir=None,
                    init_checkpoint=None,
+                   sample_options=None,
                    corpus_fn=pg19.Pg19Corpus,
                    model_fn=performer_lm.PerformerLM,
                    batch_size=8,
@@ -194,11 +196,13 @@ def run_experiment(output_dir,
   Args:
     output_dir: Directory for checkpoints and eval_results.json.
     mode: 'train' trains up to n_steps (resuming from a checkpoint in
-      output_dir), then evaluates; 'eval' evaluates the checkpoint.
+      output_dir), then evaluates; 'eval' evaluates the checkpoint; 'sample'
+      draws from the checkpoint (see `tasks.sampling`).
     data_dir: Local dataset directory; when given, passed to corpus_fn.
     init_checkpoint: Output directory of another run. Its weights start this
       run wherever names and shapes agree. It is ignored when output_dir
       already has a checkpoint to resume from.
+    sample_options: `tasks.sampling.SampleOptions` of mode 'sample'.
     corpus_fn: Factory of the corpus (see `tasks.pg19.Pg19Corpus`).
     model_fn: Factory of the model, called with vocab_size and mode.
     batch_size: Windows per training batch.
@@ -209,10 +213,12 @@ def run_experiment(output_dir,
     seed: Seed of the data order, the weights and dropout.
 
   Returns:
-    The dict written to output_dir/eval_results.json.
+    The dict written to output_dir/eval_results.json, or in mode 'sample'
+    the one written to output_dir/samples.json.
   """
-  if mode not in ('train', 'eval'):
-    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")
+  if mode not in ('train', 'eval', 'sample'):
+    raise ValueError(
+        f"mode must be 'train', 'eval' or 'sample', got {mode!r}.")
   if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
     raise config.ConfigError(
         f'run_experiment.n_steps must be an integer >= 0, got {n_steps!r}.')
@@ -227,6 +233,10 @@ def run_experiment(output_dir,
     raise FileNotFoundError(
         f'No checkpoint at {checkpoint}. Train first with --mode train and '
         'the same --output_dir.')
+  if mode == 'sample':
+    return sampling.sample_from_checkpoint(
+        output_dir, corpus, model_fn, sequence_length,
+        sample_options or sampling.SampleOptions(seed=seed))
 
   start = {'step': 0}
   train_batches = _resumable_batches(
