@@ -31,6 +31,7 @@ setuptools.setup(
         'numpy==2.4.6',
         'absl-py==2.5.1',
         'matplotlib==3.11.2',
+        'sentencepiece==0.2.3',
     ],
     extras_require={
         'test': ['pytest==9.2.0'],

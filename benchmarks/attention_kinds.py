@@ -50,6 +50,7 @@ def _measure_point(kind, length, steps):
   """Train `steps` + 1 steps at this length; print one JSON line."""
   sys.path.insert(0, str(REPO_ROOT))
   import gin  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from favor_trax.models import performer_lm  # pylint: disable=import-outside-toplevel
   from favor_trax.training import config  # pylint: disable=import-outside-toplevel
@@ -75,10 +76,13 @@ def _measure_point(kind, length, steps):
         total_steps=steps + 1, tokens_per_step=length)
     gin.clear_config()
     loop.run(1)
+    jax.block_until_ready(loop.model.weights)
     times = []
     for _ in range(steps):
       start = time.perf_counter()
       loop.run(1)
+      # JAX dispatches asynchronously, so a step ends when its weights exist.
+      jax.block_until_ready(loop.model.weights)
       times.append(time.perf_counter() - start)
   peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   print(json.dumps({

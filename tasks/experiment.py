@@ -15,11 +15,14 @@ import time
 
 from absl import logging
 import gin
+import jax
 from trax import layers as tl
 from trax import shapes
 
+from favor_trax import decoding
 from favor_trax.models import performer_lm
 from favor_trax.training import config
+from favor_trax.training import distributed
 from favor_trax.training import loop as loop_lib
 from favor_trax.training import named_weights
 from tasks import evaluation
@@ -44,8 +47,12 @@ def _resumable_batches(make_stream, start):
   yield from itertools.islice(make_stream(), start_step, None)
 
 
-def _check_length_fits_model(model_fn, sequence_length):
-  """Raise ConfigError when the windows are longer than the model's max_len."""
+def _check_length_fits_model(model_fn, sequence_length,
+                             name='run_experiment.sequence_length'):
+  """Raise ConfigError when the windows are longer than the model's max_len.
+
+  `name` is the binding that set sequence_length, for the message.
+  """
   try:
     max_len = gin.query_parameter(f'{model_fn.__name__}.max_len')
   except (ValueError, AttributeError):
@@ -55,10 +62,64 @@ def _check_length_fits_model(model_fn, sequence_length):
     max_len = parameter.default
   if sequence_length > max_len:
     raise config.ConfigError(
-        f'run_experiment.sequence_length = {sequence_length} is longer than '
+        f'{name} = {sequence_length} is longer than '
         f'the model\'s max_len = {max_len}, which its positional encoding '
         f'covers. Bind {model_fn.__name__}.max_len to at least '
         f'{sequence_length}, or shorten the windows.')
+
+
+def _check_streaming(model_fn, corpus, eval_splits, window):
+  """Raise ConfigError, before training, when streaming evaluation would fail.
+
+  The model's attention must stream, and its positional encoding must cover
+  the longest book of every evaluation split.
+  """
+  if not hasattr(corpus, 'book_token_counts'):
+    raise config.ConfigError(
+        f"EvalConfig.mode = 'streaming' streams books, but "
+        f'{type(corpus).__name__} has none. Use the default mode for this '
+        'corpus.')
+  evaluation.check_streamable(model_fn(mode='eval'))
+  predict_model = model_fn(mode='predict')
+  for split in eval_splits:
+    evaluation.check_books_fit(predict_model, corpus.book_token_counts(split),
+                               window)
+
+
+def _host_batches_fn(batch_size, eval_batch_size):
+  """Return a function that cuts this host's rows from a stream of batches.
+
+  With one process it returns the stream unchanged.
+
+  Raises:
+    ConfigError: the batch sizes do not split over the hosts' devices, or a
+      host of several has one device.
+  """
+  process_count = jax.process_count()
+  if process_count == 1:
+    return lambda batches: batches
+  if jax.local_device_count() == 1:
+    # Trax's trainers pmap, and so sum gradients across hosts, only with more
+    # than one local device.
+    raise config.ConfigError(
+        f'Training on {process_count} hosts needs at least 2 devices per '
+        'host: with one local device, Trax trains each host on its own '
+        'rows without exchanging gradients.')
+  for name, size in (('batch_size', batch_size),
+                     ('eval_batch_size', eval_batch_size)):
+    try:
+      distributed.check_batch_size(size, process_count,
+                                   jax.local_device_count())
+    except ValueError as error:
+      raise config.ConfigError(f'run_experiment.{name}: {error}') from error
+  process_index = jax.process_index()
+  logging.info('Host %d of %d trains on rows %d to %d of each batch.',
+               process_index, process_count,
+               process_index * batch_size // process_count,
+               (process_index + 1) * batch_size // process_count - 1)
+  return functools.partial(distributed.host_batches,
+                           process_index=process_index,
+                           process_count=process_count)
 
 
 def _write_operative_config(output_dir):
@@ -128,6 +189,8 @@ def _transfer_weights(loop, init_checkpoint):
 
 def format_results(results):
   """Return one human-readable line of a split's scores."""
+  if 'summary' in results:
+    return results['summary']
   return (f"{results['split']} @ step {results['step']}: "
           f"loss {results['nll_per_token']:.4f} nats/token, "
           f"token perplexity {results['token_perplexity']:.3f}, "
@@ -136,19 +199,86 @@ def format_results(results):
           f"({results['num_words']} words, {results['num_tokens']} tokens)")
 
 
-def evaluate_split(corpus, model, weights, state, split, batch_size, length,
-                   step):
-  """Score every token of `split` once and return the labelled results."""
-  statistics = corpus.split_statistics(split)
+def _score_split(corpus, model, weights, state, split, batch_size, window,
+                 stride, eval_config, model_fn):
+  """Return (nll, n_tokens, n_correct) of a split in eval_config's mode."""
+  if eval_config.mode == 'streaming':
+    book_lengths = corpus.book_token_counts(split)
+    # A split of fewer books than batch_size needs no rows of padding.
+    batch_size = min(batch_size, len(book_lengths))
+    predict_model = decoding.predict_model(model_fn, weights, state,
+                                           batch_size)
+    evaluation.check_books_fit(predict_model, book_lengths, window)
+    n_groups = -(-len(book_lengths) // batch_size)
+    logging.info('Streaming %d groups of up to %d books.', n_groups,
+                 batch_size)
+    books = [tokens for _, tokens in corpus.tokenized_books(split)]
+    return evaluation.score_books_streaming(predict_model, books, batch_size,
+                                            window)
+
+  n_batches = corpus.eval_batch_count(split, batch_size, window, stride)
+  logging.info('Scoring %d batches of %d windows.', n_batches, batch_size)
+  return evaluation.score_tokens(
+      model, weights, state,
+      corpus.eval_stream(split, batch_size, window, stride))
+
+
+def _evaluate_image_split(corpus, model, weights, state, split, batch_size,
+                          length, step):
+  """Score one row of `length` tokens per image and let the corpus label them.
+
+  Used for corpora with `split_results`, such as
+  `tasks.imagenet64.Imagenet64Corpus`, in place of the text statistics.
+  """
   n_batches = corpus.eval_batch_count(split, batch_size, length)
-  logging.info('Evaluating %s: %d books, %d words, %d tokens in %d batches of '
-               '%d windows of %d tokens (non-overlapping windows, each book '
-               'from its first token).', split, statistics.num_books,
-               statistics.num_words, statistics.num_tokens, n_batches,
+  logging.info('Evaluating %s: %d images in %d batches of %d rows of %d '
+               'tokens.', split, corpus.num_images(split), n_batches,
                batch_size, length)
   start = time.time()
   nll, n_tokens, n_correct = evaluation.score_tokens(
       model, weights, state, corpus.eval_stream(split, batch_size, length))
+  results = {'split': split, 'step': int(step)}
+  results.update(corpus.split_results(split, nll, n_tokens, n_correct))
+  results['eval_window'] = length
+  results['seconds'] = time.time() - start
+  results['summary'] = corpus.format_results(results)
+  logging.info('%s', results['summary'])
+  return results
+
+
+def evaluate_split(corpus, model, weights, state, split, batch_size, length,
+                   step, eval_config=None, model_fn=None):
+  """Score every token of `split` once and return the labelled results.
+
+  Args:
+    corpus: the corpus (see `tasks.pg19.Pg19Corpus`).
+    model: the eval-mode model.
+    weights: trained weights.
+    state: trained state.
+    split: the split to score.
+    batch_size: windows per batch, or books per group in streaming mode.
+    length: training sequence length, the default evaluation window.
+    step: training step of the weights.
+    eval_config: `evaluation.EvalConfig`; None scores non-overlapping windows
+      of `length` tokens.
+    model_fn: model factory taking `mode`; streaming mode builds its
+      predict-mode model with it.
+  """
+  if hasattr(corpus, 'split_results'):
+    # NOTE: EvalConfig's windows apply to books, so image corpora ignore it.
+    return _evaluate_image_split(corpus, model, weights, state, split,
+                                 batch_size, length, step)
+  eval_config = eval_config or evaluation.EvalConfig()
+  window, stride = eval_config.window_and_stride(length)
+  statistics = corpus.split_statistics(split)
+  context = eval_config.describe(window, stride)
+  logging.info('Evaluating %s: %d books, %d words, %d tokens; %s.', split,
+               statistics.num_books, statistics.num_words,
+               statistics.num_tokens, context)
+  start = time.time()
+  nll, n_tokens, n_correct = _score_split(
+      corpus, model, weights, state, split, batch_size, window, stride,
+      eval_config, model_fn)
   if int(n_tokens) != statistics.num_tokens:
     raise RuntimeError(
         f'Evaluation of {split} scored {int(n_tokens)} tokens but the split '
@@ -163,16 +293,19 @@ def evaluate_split(corpus, model, weights, state, split, batch_size, length,
       'num_words': statistics.num_words,
       'total_nll_nats': nll,
       'accuracy': n_correct / n_tokens,
-      'eval_window': length,
-      'eval_stride': length,
+      'mode': eval_config.mode,
+      'window': window,
+      'stride': stride,
+      'context': context,
       'aggregation': ('corpus-level: each score divides the total NLL of the '
-                      'split by its total count of tokens, bytes or '
-                      'whitespace-separated words'),
+                      'split, end-of-book tokens included, by its total '
+                      'count of tokens, bytes or whitespace-separated words'),
       'seconds': time.time() - start,
   }
   results.update(metrics.language_model_scores(
       nll, statistics.num_tokens, statistics.num_bytes, statistics.num_words))
-  logging.info('%s', format_results(results))
+  logging.info('%s (%s evaluation in %.1f s)', format_results(results),
+               eval_config.mode, results['seconds'])
   return results
 
 
@@ -206,7 +339,8 @@ def run_experiment(output_dir,
     corpus_fn: Factory of the corpus (see `tasks.pg19.Pg19Corpus`).
     model_fn: Factory of the model, called with vocab_size and mode.
     batch_size: Windows per training batch.
-    sequence_length: Tokens per window, in training and evaluation.
+    sequence_length: Tokens per training window, and per evaluation window
+      unless `evaluation.EvalConfig.window` is bound.
     n_steps: Training steps in total, counting those of earlier runs.
     eval_splits: Splits scored token by token at the end.
     eval_batch_size: Windows per evaluation batch; defaults to batch_size.
@@ -223,9 +357,17 @@ def run_experiment(output_dir,
     raise config.ConfigError(
         f'run_experiment.n_steps must be an integer >= 0, got {n_steps!r}.')
   _check_length_fits_model(model_fn, sequence_length)
+  eval_config = evaluation.EvalConfig()
+  eval_window, _ = eval_config.window_and_stride(sequence_length)
+  if eval_config.mode != 'streaming':
+    _check_length_fits_model(model_fn, eval_window, 'EvalConfig.window')
   corpus = corpus_fn(data_dir=data_dir) if data_dir else corpus_fn()
+  if hasattr(corpus, 'prepare_vocabulary'):
+    corpus.prepare_vocabulary(output_dir)
   model_fn = functools.partial(model_fn,
                                vocab_size=corpus.vocabulary.vocab_size)
+  if eval_config.mode == 'streaming' and hasattr(corpus, 'book_token_counts'):
+    _check_streaming(model_fn, corpus, eval_splits, eval_window)
   eval_batch_size = eval_batch_size or batch_size
 
   checkpoint = os.path.join(output_dir, 'model.pkl.gz')
@@ -239,12 +381,14 @@ def run_experiment(output_dir,
         sample_options or sampling.SampleOptions(seed=seed))
 
   start = {'step': 0}
-  train_batches = _resumable_batches(
-      lambda: corpus.train_stream(batch_size, sequence_length, seed), start)
-  periodic_eval_batches = itertools.cycle(
+  host_batches = _host_batches_fn(batch_size, eval_batch_size)
+  train_batches = host_batches(_resumable_batches(
+      lambda: corpus.train_stream(batch_size, sequence_length, seed), start))
+  periodic_eval_batches = itertools.cycle(host_batches(
       itertools.islice(corpus.eval_stream(eval_splits[0], eval_batch_size,
-                                          sequence_length), 16))
-  sample_batch = next(corpus.train_stream(batch_size, sequence_length, seed))
+                                          sequence_length), 16)))
+  sample_batch = next(host_batches(
+      corpus.train_stream(batch_size, sequence_length, seed)))
   loop = loop_lib.make_loop(
       model_fn, train_batches, periodic_eval_batches, sample_batch, output_dir,
       total_steps=n_steps, tokens_per_step=batch_size * sequence_length,
@@ -265,10 +409,12 @@ def run_experiment(output_dir,
     loop.run(n_steps - loop.step)
     loop.save_checkpoint('model')
 
-  _write_operative_config(output_dir)
+  # Every host evaluates; only the first writes files to output_dir.
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    _write_operative_config(output_dir)
   eval_model = model_fn(mode='eval')
-  eval_model.init(shapes.ShapeDtype((eval_batch_size, sequence_length),
-                                    'int32'))
+  eval_model.init(shapes.ShapeDtype((eval_batch_size, eval_window), 'int32'))
   is_sample_corpus = getattr(corpus, 'is_sample_corpus', False)
   results = {
       'step': int(loop.step),
@@ -278,7 +424,8 @@ def run_experiment(output_dir,
       'splits': [
           evaluate_split(corpus, eval_model, loop.model.weights,
                          loop.model.state, split, eval_batch_size,
-                         sequence_length, loop.step)
+                         sequence_length, loop.step, eval_config=eval_config,
+                         model_fn=model_fn)
           for split in eval_splits
       ],
   }
@@ -287,6 +434,8 @@ def run_experiment(output_dir,
         'These scores are on the bundled sample corpus (Python reference '
         'text), not PG-19, and are not comparable with PG-19 results. Pass '
         '--data_dir with a PG-19 directory to train and evaluate on PG-19.')
+  if not is_chief:
+    return results
   _warn_on_other_data_source(output_dir, results['data_source'])
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + '.tmp', 'w', encoding='utf-8') as f:

@@ -126,6 +126,20 @@ class Pg19Corpus:
     self._statistics: Dict[str, SplitStatistics] = {}
     logging.info('Reading books from %s.', self.source.describe())
 
+  def prepare_vocabulary(self, output_dir: PathLike) -> None:
+    """Train or load the vocabulary of a run and save it in output_dir.
+
+    A SentencePiece vocabulary reuses the model saved in output_dir, or
+    trains on the train split's books in a fixed random order (seed 0), and
+    saves its model there. A byte vocabulary needs nothing. Call this before
+    anything is tokenized.
+    """
+    def train_texts():
+      return (text for _, text in
+              self.source.iter_books('train', shuffle_seed=0))
+
+    self.vocabulary.prepare(output_dir, train_texts)
+
   def books(self, split: str) -> Iterator[Tuple[str, str]]:
     """Yield (book_id, text) for every non-empty book of a split, in order."""
     return self.source.iter_books(split)
@@ -169,36 +183,53 @@ class Pg19Corpus:
     logging.info('PG-19 %s split statistics: %s', split, statistics)
     return statistics
 
-  def eval_batch_count(self, split: str, batch_size: int, length: int) -> int:
+  def book_token_counts(self, split: str) -> List[int]:
+    """Return the token count of each non-empty book of a split, in order."""
+    self.split_statistics(split)
+    return list(self._book_token_counts[split])
+
+  def eval_batch_count(self, split: str, batch_size: int, length: int,
+                       stride: Optional[int] = None) -> int:
     """Return the number of batches that `eval_stream` yields."""
     windows.check_positive_int('batch_size', batch_size)
-    windows.check_positive_int('length', length)
-    self.split_statistics(split)
-    num_windows = sum(-(-count // length)
-                      for count in self._book_token_counts[split])
+    stride = length if stride is None else stride
+    windows.check_length_and_stride(length, stride)
+    num_windows = sum(
+        windows.count_sliding_windows(count, length, stride)
+        for count in self.book_token_counts(split))
     return -(-num_windows // batch_size)
 
-  def eval_stream(self, split: str, batch_size: int,
-                  length: int) -> Iterator[windows.Batch]:
-    """Yield batches that cover every token of a split exactly once.
+  def eval_stream(self, split: str, batch_size: int, length: int,
+                  stride: Optional[int] = None) -> Iterator[windows.Batch]:
+    """Yield batches that score every token of a split exactly once.
 
-    Books come in order, and each is cut into consecutive windows of `length`
-    tokens from its first token, so the last window of a book is padded. The
+    Books come in order. With stride None or equal to `length`, each book is
+    cut into consecutive windows of `length` tokens from its first token.
+    With a smaller stride, windows start every `stride` tokens and weight
+    only the tokens that no earlier window of the book scored (see
+    `windows.sliding_windows`). The last window of a book is padded, and the
     last batch is filled up with rows of weight 0.
 
     Yields:
       (inputs, targets, weights): int32, int32 and float32 arrays of shape
-      [batch_size, length], inputs equal to targets.
+      [batch_size, length], inputs equal to targets. Weights are 1.0 at the
+      scored tokens and 0.0 at context tokens and padding.
+
+    Raises:
+      ValueError: batch_size, length or stride is not a positive integer, or
+        stride is greater than length.
     """
     pg19_sources.check_split(split)
     windows.check_positive_int('batch_size', batch_size)
-    windows.check_positive_int('length', length)
+    stride = length if stride is None else stride
+    windows.check_length_and_stride(length, stride)
     pad_id = self.vocabulary.pad_id
 
     def all_windows():
       for _, tokens in self.tokenized_books(split):
-        for start in windows.window_starts(len(tokens), length):
-          yield windows.make_window(tokens, start, length, pad_id)
+        for window in windows.sliding_windows(len(tokens), length, stride):
+          yield windows.make_window(tokens, window.start, length, pad_id,
+                                    window.first_scored)
 
     return windows.batch_in_order(all_windows(), batch_size, length, pad_id)
 

@@ -29,7 +29,7 @@ SAMPLES_FILE = 'samples.json'
 
 @dataclasses.dataclass
 class SampleOptions:
-  """What run.py --mode sample asks for.
+  """Options of run.py --mode sample.
 
   Attributes:
     prompt: Text the samples continue (text tasks only).

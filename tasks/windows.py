@@ -8,9 +8,18 @@ Batches follow Trax's convention for decoder-only language models, whose
 `tl.ShiftRight` layer shifts the inputs right inside the model: inputs and
 targets are the same window, and the model predicts position i of the targets
 from the inputs before i.
+
+Evaluation windows score every token of a sequence once. Non-overlapping
+windows start at 0, length, 2 * length, ..., so a token at position i of its
+window is predicted from i tokens of context. Sliding windows start at 0,
+stride, 2 * stride, ... and weight only their last `stride` positions, the
+tokens that no earlier window scored, except the first window, which scores
+all of its tokens. A token scored by a later window thus has between
+length - stride and length - 1 tokens of context, and the first token of a
+sequence is predicted from no context in both schemes.
 """
 
-from typing import Iterable, Iterator, List, Tuple
+from typing import Iterable, Iterator, List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -48,19 +57,91 @@ def random_offset(num_tokens: int, length: int,
   return int(rng.integers(0, length))
 
 
+class EvalWindow(NamedTuple):
+  """An evaluation window of a sequence.
+
+  Attributes:
+    start: position in the sequence of the window's first token.
+    first_scored: position in the window of the first token it scores. The
+      tokens before it are context only, scored by an earlier window.
+  """
+  start: int
+  first_scored: int
+
+
+def check_length_and_stride(length: int, stride: int) -> None:
+  """Raise ValueError unless 1 <= stride <= length, both integers.
+
+  A stride greater than the window length would leave tokens unscored.
+  """
+  check_positive_int('length', length)
+  check_positive_int('stride', stride)
+  if stride > length:
+    raise ValueError(
+        f'stride must not exceed the window length {length}, got {stride}: '
+        'windows further apart than their length leave tokens unscored. Use '
+        'a stride between 1 and the window length.')
+
+
+def sliding_windows(num_tokens: int, length: int,
+                    stride: int) -> List[EvalWindow]:
+  """Return the windows that score each of num_tokens tokens exactly once.
+
+  Window k starts at k * stride. The first window scores all of its tokens.
+  Each later window scores its last `stride` positions, which follow the
+  tokens of the window before, so it predicts them from length - stride to
+  length - 1 tokens of context. Windows follow one another until one
+  reaches the last token, so the last window can be partial. stride equal to
+  length gives the non-overlapping windows of `window_starts`.
+
+  Raises:
+    ValueError: see `check_length_and_stride`.
+  """
+  check_length_and_stride(length, stride)
+  if num_tokens <= 0:
+    return []
+
+  windows = [EvalWindow(0, 0)]
+  scored_until = min(length, num_tokens)
+  start = 0
+  while scored_until < num_tokens:
+    start += stride
+    windows.append(EvalWindow(start, length - stride))
+    scored_until = min(start + length, num_tokens)
+  return windows
+
+
+def count_sliding_windows(num_tokens: int, length: int, stride: int) -> int:
+  """Return len(sliding_windows(num_tokens, length, stride)) without a list."""
+  if num_tokens <= 0:
+    return 0
+  if num_tokens <= length:
+    return 1
+  return 1 + -(-(num_tokens - length) // stride)
+
+
 def make_window(tokens: np.ndarray, start: int, length: int,
-                pad_id: int) -> Window:
+                pad_id: int, first_scored: int = 0) -> Window:
   """Cut tokens[start:start + length] and pad it to `length`.
+
+  Args:
+    tokens: the sequence, shape [num_tokens].
+    start: position of the window's first token in `tokens`.
+    length: tokens per window.
+    pad_id: id of padding.
+    first_scored: position in the window of the first token of weight 1.
+      The tokens before it are context of weight 0.
 
   Returns:
     ids: int32, shape [length].
-    weights: float32, shape [length], 1.0 at real tokens, 0.0 at padding.
+    weights: float32, shape [length], 1.0 at scored tokens, 0.0 at context
+      and padding.
   """
   piece = tokens[start:start + length]
   ids = np.full(length, pad_id, dtype=np.int32)
   ids[:len(piece)] = piece
   weights = np.zeros(length, dtype=np.float32)
-  weights[:len(piece)] = 1.0
+  weights[first_scored:len(piece)] = 1.0
   return ids, weights
 
 

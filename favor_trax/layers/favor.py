@@ -113,7 +113,8 @@ class FavorAttention(base.Layer):
   redraw_every. `step` counts
   train-mode calls. Eval and predict never redraw and never change `step`.
   Predict mode appends the decoding sums (kv_sum, k_sum, max_log_scale) of
-  `favor_trax.ops.linear_attention.CausalState`.
+  `favor_trax.ops.linear_attention.CausalState`, and each call continues the
+  sequence from them, whatever its number of positions.
 
   NOTE: a predict-mode layer draws its own projection at init. To decode with
   a trained model, copy the projection from the trained state along with the
@@ -362,11 +363,23 @@ class FavorAttention(base.Layer):
         key_log_scale=k_features.log_scale)
 
   def _decode(self, q_features, k_features, v, decode_state):
-    """Attend positions one by one from the carried sums.
+    """Attend the positions of one call from the carried sums.
+
+    A single position takes the decode step. Several positions, such as a
+    prompt or a window of a book scored in streaming evaluation, run through
+    the chunked scan from the carried sums, at the cost of a causal pass over
+    that many positions.
 
     Returns:
       (outputs of shape [batch, length, heads, d_v], new decode state).
     """
+    if q_features.values.shape[1] > 1:
+      state, outputs = linear_attention.causal_linear_attention_with_state(
+          linear_attention.CausalState(*decode_state), q_features.values,
+          k_features.values, v, key_log_scale=k_features.log_scale,
+          chunk_size=self._chunk_size)
+      return outputs, tuple(state)
+
     def step_fn(state, position):
       q_values, k_values, k_log_scale, values = position
       return linear_attention.causal_linear_attention_step(

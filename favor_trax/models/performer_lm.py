@@ -26,6 +26,7 @@ from trax import layers as tl
 
 from favor_trax.layers import feed_forward
 from favor_trax.layers import kinds
+from favor_trax.layers import positional
 
 
 ACTIVATION_DTYPES = ('float32', 'bfloat16')
@@ -85,6 +86,31 @@ def _check_positive(**values):
       raise ValueError(f'{name} must be a positive integer, got {value!r}.')
 
 
+def _branch(*layers, activation_dtype):
+  """Return a Serial of layers that computes in activation_dtype."""
+  if activation_dtype == 'float32':
+    return tl.Serial(*layers)
+  return MixedPrecisionSerial(*layers, compute_dtype=activation_dtype)
+
+
+def ResidualDecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation,  # pylint: disable=invalid-name
+                         ff_chunk_size, attention_layer, mode,
+                         activation_dtype='float32'):
+  """Return one pre-norm residual block of a standard, non-reversible model."""
+  attention = attention_layer(
+      d_model, n_heads=n_heads, dropout=dropout, causal=True, mode=mode)
+  feed_forward_block = feed_forward.ChunkedFeedForward(
+      d_model, d_ff, dropout=dropout, activation=ff_activation,
+      chunk_size=ff_chunk_size, mode=mode)
+  return [
+      tl.Residual(_branch(tl.LayerNorm(), attention,
+                          tl.Dropout(rate=dropout, mode=mode),
+                          activation_dtype=activation_dtype)),
+      tl.Residual(_branch(tl.LayerNorm(), feed_forward_block,
+                          activation_dtype=activation_dtype)),
+  ]
+
+
 def DecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation, ff_chunk_size,  # pylint: disable=invalid-name
                  attention_layer, mode, activation_dtype='float32'):
   """Return the four reversible layers of one block, [batch, length, d_model] each way."""
@@ -116,6 +142,8 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
                 ff_chunk_size=0,
                 attention_layer=kinds.FavorAttention,
                 activation_dtype='float32',
+                positional_encoding=positional.SinusoidalPositionalEncoding,
+                reversible=True,
                 mode='train'):
   """Return a decoder-only language model over token ids.
 
@@ -135,6 +163,15 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
     activation_dtype: 'float32', or 'bfloat16' to compute the attention and
       feed-forward branches in bfloat16. Weights, the residual streams, the
       embedding and the output logits stay float32 either way.
+    positional_encoding: Factory called as positional_encoding(d_model=...,
+      max_len=..., mode=...) that returns a layer adding positions to
+      [batch, length, d_model] (see `favor_trax.layers.positional`). The
+      default, Trax's `tl.PositionalEncoding`, keeps the weight layout of
+      earlier checkpoints.
+    reversible: If True, the blocks are reversible, as described above. If
+      False, they form one pre-norm residual stream, x += Attention(LayerNorm(x))
+      then x += FeedForward(LayerNorm(x)), as in a standard Transformer; its
+      weight layout differs, and every activation is stored for backward.
     mode: 'train', 'eval' or 'predict'.
 
   Returns:
@@ -153,19 +190,22 @@ def PerformerLM(vocab_size=gin.REQUIRED,  # pylint: disable=invalid-name
     raise ValueError(f'activation_dtype must be one of {ACTIVATION_DTYPES}, '
                      f'got {activation_dtype!r}.')
 
+  block_fn = DecoderBlock if reversible else ResidualDecoderBlock
   blocks = []
   for _ in range(n_layers):
-    blocks.extend(DecoderBlock(d_model, d_ff, n_heads, dropout, ff_activation,
-                               ff_chunk_size, attention_layer, mode,
-                               activation_dtype))
+    blocks.extend(block_fn(d_model, d_ff, n_heads, dropout, ff_activation,
+                           ff_chunk_size, attention_layer, mode,
+                           activation_dtype))
+  if reversible:
+    body = [tl.Dup(), tl.ReversibleSerial(blocks), tl.Concatenate()]
+  else:
+    body = blocks
   return tl.Serial(
       tl.ShiftRight(mode=mode),
       tl.Embedding(vocab_size, d_model),
       tl.Dropout(rate=dropout, mode=mode),
-      tl.PositionalEncoding(max_len=max_len, mode=mode),
-      tl.Dup(),
-      tl.ReversibleSerial(blocks),
-      tl.Concatenate(),
+      positional_encoding(d_model=d_model, max_len=max_len, mode=mode),
+      *body,
       tl.LayerNorm(),
       tl.Dense(vocab_size),
       tl.LogSoftmax(),

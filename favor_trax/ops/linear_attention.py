@@ -320,15 +320,85 @@ def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
   if length == 0:
     return jnp.zeros(v.shape, v.dtype)
 
-  return _causal_linear_attention(q_features, k_features, v, key_log_scale,
-                                  key_mask, min(chunk_size, length))
+  batch, _, n_heads, n_features = k_features.shape
+  dtype = _compute_dtype(q_features, k_features, v)
+  initial_state = init_causal_state(batch, n_heads, n_features, v.shape[-1],
+                                    dtype)
+  _, out = _causal_scan(initial_state, q_features, k_features, v,
+                        key_log_scale, key_mask, min(chunk_size, length))
+  return out
 
 
-@functools.partial(jax.jit, static_argnums=5)
-def _causal_linear_attention(q_features, k_features, v, key_log_scale,
-                             key_mask, chunk_size):
-  """Run the chunked scan of `causal_linear_attention` on validated inputs."""
+def causal_linear_attention_with_state(state, q_features, k_features, v,
+                                       key_log_scale=None,
+                                       chunk_size=DEFAULT_CHUNK_SIZE,
+                                       key_mask=None):
+  """Continue causal linear attention from `state` over a block of positions.
+
+  Query i of the block attends to every key in `state` and to the keys
+  j <= i of the block, so feeding a sequence block by block gives the
+  outputs of one `causal_linear_attention` pass over the whole sequence, at
+  linear cost. The block runs through the same chunked scan, rematerialized
+  in the backward pass, as `causal_linear_attention`.
+
+  Args:
+    state: `CausalState` over the earlier positions (`init_causal_state`
+      before the first block), with sums of shapes [batch, heads, m,
+      depth_v] and [batch, heads, m].
+    q_features: query features of shape [batch, length, heads, m].
+    k_features: key features of shape [batch, length, heads, m].
+    v: values of shape [batch, length, heads, depth_v].
+    key_log_scale: optional per-key log scale of shape
+      [batch, length, heads]. None means 0.
+    chunk_size: positive int, the number of positions per scan step.
+    key_mask: optional bool array of shape [batch, length]. False marks a
+      padded key, which stays out of the outputs and of the returned state.
+
+  Returns:
+    (new `CausalState` over the earlier positions and this block, outputs
+    of shape [batch, length, heads, depth_v] in the dtype of v). The sums
+    keep the dtype of `state`.
+  """
+  _validate_features(q_features, k_features, v, key_log_scale)
+  if q_features.shape[1] != k_features.shape[1]:
+    raise ValueError(
+        f'causal attention needs equal query and key lengths, got '
+        f'q_features of shape {q_features.shape} and k_features of shape '
+        f'{k_features.shape}.')
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
   batch, length, n_heads, n_features = k_features.shape
+  expected = (
+      ('kv_sum', (batch, n_heads, n_features, v.shape[-1])),
+      ('k_sum', (batch, n_heads, n_features)),
+      ('max_log_scale', (batch, n_heads)),
+  )
+  for name, shape in expected:
+    found = getattr(state, name).shape
+    if found != shape:
+      raise ValueError(
+          f'state.{name} must have shape {shape} to match the features and '
+          f'values, got shape {found}.')
+
+  if length == 0:
+    return state, jnp.zeros(v.shape, v.dtype)
+  new_state, out = _causal_scan(state, q_features, k_features, v,
+                                key_log_scale, key_mask,
+                                min(chunk_size, length))
+  state_dtype = state.kv_sum.dtype
+  return CausalState(*(array.astype(state_dtype) for array in new_state)), out
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _causal_scan(initial_state, q_features, k_features, v, key_log_scale,
+                 key_mask, chunk_size):
+  """Run the chunked scan from `initial_state` on validated inputs.
+
+  Returns:
+    (final `CausalState`, outputs [batch, length, heads, depth_v]).
+  """
+  batch, length, n_heads, _ = k_features.shape
   depth_v = v.shape[-1]
   dtype = _compute_dtype(q_features, k_features, v)
   log_scale = _key_log_scale_or_zeros(k_features, key_log_scale, dtype)
@@ -339,23 +409,25 @@ def _causal_linear_attention(q_features, k_features, v, key_log_scale,
   padding = n_chunks * chunk_size - length
 
   # Padding goes after the last position, so causality keeps it out of every
-  # real output.
-  def to_chunks(array):
+  # real output. Padded keys have zero features and log scale -inf, so they
+  # leave the sums and the running maximum of the final state unchanged.
+  def to_chunks(array, pad_value=0.0):
     array = array.astype(dtype)
     pad_widths = [(0, 0), (0, padding)] + [(0, 0)] * (array.ndim - 2)
-    array = jnp.pad(array, pad_widths)
+    array = jnp.pad(array, pad_widths, constant_values=pad_value)
     array = array.reshape((batch, n_chunks, chunk_size) + array.shape[2:])
     return jnp.moveaxis(array, 1, 0)
 
-  chunks = tuple(to_chunks(array)
-                 for array in (q_features, k_features, v_masked, log_scale))
-  initial_state = init_causal_state(batch, n_heads, n_features, depth_v, dtype)
-  _, out = jax.lax.scan(jax.checkpoint(_causal_chunk, prevent_cse=False),
-                        initial_state, chunks)
+  chunks = (to_chunks(q_features), to_chunks(k_features), to_chunks(v_masked),
+            to_chunks(log_scale, -jnp.inf))
+  initial_state = CausalState(
+      *(array.astype(dtype) for array in initial_state))
+  final_state, out = jax.lax.scan(
+      jax.checkpoint(_causal_chunk, prevent_cse=False), initial_state, chunks)
 
   out = jnp.moveaxis(out, 0, 1).reshape(
       (batch, n_chunks * chunk_size, n_heads, depth_v))
-  return out[:, :length].astype(v.dtype)
+  return final_state, out[:, :length].astype(v.dtype)
 
 
 def causal_linear_attention_step(state, q_features, k_features, v,

@@ -26,6 +26,7 @@ from trax import fastmath
 from trax import layers as tl
 from trax import optimizers
 from trax.layers import acceleration
+from trax.supervised import training
 
 # `trax.fastmath.numpy` as an attribute is the backend's numpy, so the module
 # that defines tree_unflatten is imported by its full name.
@@ -333,6 +334,112 @@ def patch_reversible_trainer_weights():
   _APPLIED.add('reversible_trainer_weights')
 
 
+def first_local_replica(value):
+  """Return the copy of a pmap-replicated array on this process's first device.
+
+  `value[0]` selects the copy on global device 0, which only process 0 can
+  read when several processes share the pmap.
+  """
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    local = value.addressable_data(0)
+    return local[0] if local.ndim == value.ndim else local
+  return value[0]
+
+
+def patch_unreplicate_on_hosts():
+  """Unreplicate pmapped weights from a device of the calling process.
+
+  With `jax.distributed` and more than one process, Trax's trainers and Loop
+  unreplicate weights, state and optimizer slots as `x[0]`. On every process
+  but the first, that is an array on another host's device, and reading it
+  raises `RuntimeError: Fetching value for jax.Array that spans
+  non-addressable ... devices`. The patched methods take the first local
+  replica instead; with one process both are the same array.
+  """
+  if 'unreplicate_on_hosts' in _APPLIED:
+    return
+
+  def unreplicate(self, x):
+    if getattr(self, '_n_devices', getattr(self, 'n_devices', 1)) < 2:
+      return x
+    return fastmath.nested_map(first_local_replica, x)
+
+  def unreplicate_to_host(self, x):
+    return tl.on_cpu(unreplicate(self, x))
+
+  def lazy_unreplicate(self, x):
+    def start_copy(value):
+      local = value if self._n_devices == 1 else first_local_replica(value)  # pylint: disable=protected-access
+      local.copy_to_host_async()
+      return local
+    return fastmath.nested_map(start_copy, x)
+
+  optimizers.Trainer._unreplicate = unreplicate  # pylint: disable=protected-access
+  acceleration.Accelerate._unreplicate = unreplicate  # pylint: disable=protected-access
+  training.Loop._unreplicate = unreplicate  # pylint: disable=protected-access
+  optimizers.ReversibleSerialTrainer._unreplicate = unreplicate_to_host  # pylint: disable=protected-access
+  optimizers.ReversibleSerialTrainer._lazy_unreplicate = lazy_unreplicate  # pylint: disable=protected-access
+  _APPLIED.add('unreplicate_on_hosts')
+
+
+def local_replicas(value):
+  """Return the replicas of a pmapped array on this process's devices.
+
+  Other values are returned unchanged.
+  """
+  if not isinstance(value, jax.Array) or value.is_fully_addressable:
+    return value
+  shards = [np.asarray(shard.data) for shard in value.addressable_shards]
+  if shards[0].ndim == value.ndim:
+    return np.concatenate(shards, axis=0)
+  return np.stack(shards)
+
+
+def patch_mean_over_local_devices():
+  """Average per-device losses and metrics over this process's devices.
+
+  Trax's Loop and `jit_forward` average the per-device values of a pmapped
+  step with `mean_or_pmean`, which is `jnp.mean`. Across several processes
+  those values form one global array, so each `jnp.mean` is one more
+  collective computation that every process must run in the same order as
+  the pmapped steps, and two processes that dispatch them in another order
+  hang. Trax documents the averaged loss as this host's, so the patch
+  averages the local replicas on the host, without a collective.
+  """
+  if 'mean_over_local_devices' in _APPLIED:
+    return
+  original = acceleration.mean_or_pmean
+
+  @functools.wraps(original)
+  def mean_or_pmean(n_devices, x, axis=None):
+    return original(n_devices, local_replicas(x), axis=axis)
+
+  acceleration.mean_or_pmean = mean_or_pmean
+  tl.mean_or_pmean = mean_or_pmean
+  _APPLIED.add('mean_over_local_devices')
+
+
+def _on_local_cpu(x):
+  """Put x on this process's first CPU device."""
+  return jax.device_put(x, jax.local_devices(backend='cpu')[0])
+
+
+def patch_on_cpu_local():
+  """Make `tl.on_cpu` place arrays on a CPU device of the calling process.
+
+  Trax's `on_cpu` uses `jax.devices('cpu')[0]`, the first CPU device of the
+  whole job. When several processes run on CPUs under `jax.distributed`,
+  that device belongs to process 0, and every other process gets arrays it
+  cannot read (the Loop's rng first). With one process both calls return
+  the same device.
+  """
+  if 'on_cpu_local' in _APPLIED:
+    return
+  tl.on_cpu = _on_local_cpu
+  acceleration.on_cpu = _on_local_cpu
+  _APPLIED.add('on_cpu_local')
+
+
 def apply_all():
   """Apply every patch in this module; calling it again does nothing."""
   patch_tree_unflatten()
@@ -343,3 +450,6 @@ def apply_all():
   patch_trainer_placement()
   patch_reversible_trainer_rng()
   patch_reversible_trainer_weights()
+  patch_unreplicate_on_hosts()
+  patch_on_cpu_local()
+  patch_mean_over_local_devices()

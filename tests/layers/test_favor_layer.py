@@ -212,6 +212,38 @@ def test_favor_layer_predict_matches_causal_pass(kernel, extra):
   assert int(state[2]) == 0
 
 
+def test_favor_layer_predict_windows_match_causal_pass():
+  length = 19
+  x = _inputs(seed=5, length=length)
+  full_layer = _initialized_layer(x, causal=True, mode='eval')
+  full_output = np.asarray(full_layer(x))
+
+  decoder = favor.FavorAttention(
+      D_MODEL, n_heads=N_HEADS, n_random_features=32, causal=True,
+      chunk_size=4, mode='predict')
+  decoder.init(shapes.signature(x[:, :1]), rng=jax.random.PRNGKey(1))
+  decoder.weights = full_layer.weights
+  decoder.state = full_layer.state + (decoder.state[3],)
+  decode = jax.jit(decoder.pure_fn)
+
+  # Windows longer and shorter than a chunk, and a single position.
+  window_state = decoder.state
+  outputs = []
+  for start, stop in [(0, 5), (5, 6), (6, 12), (12, 19)]:
+    output, window_state = decode(x[:, start:stop], decoder.weights,
+                                  window_state, decoder.rng)
+    outputs.append(np.asarray(output))
+  np.testing.assert_allclose(np.concatenate(outputs, axis=1), full_output,
+                             rtol=1e-5, atol=1e-5)
+
+  step_state = decoder.state
+  for position in range(length):
+    _, step_state = decode(x[:, position:position + 1], decoder.weights,
+                           step_state, decoder.rng)
+  for window_sum, step_sum in zip(window_state[3], step_state[3]):
+    np.testing.assert_allclose(window_sum, step_sum, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('arguments, message', [
     (dict(n_heads=0), 'n_heads'),
     (dict(n_random_features=0), 'n_random_features'),

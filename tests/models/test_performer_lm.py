@@ -1,5 +1,6 @@
 """Tests of PerformerLM: causality, batch independence and bad arguments."""
 
+import jax
 import numpy as np
 import pytest
 from trax import shapes
@@ -91,3 +92,64 @@ def _favor_layers(layer):
     yield layer
   for sublayer in layer.sublayers:
     yield from _favor_layers(sublayer)
+
+
+def _residual_model(mode='eval'):
+  model = performer_lm.PerformerLM(
+      vocab_size=VOCAB, d_model=32, d_ff=64, n_layers=2, n_heads=2,
+      max_len=LENGTH, dropout=0.0, ff_chunk_size=5, reversible=False,
+      mode=mode)
+  model.init(shapes.ShapeDtype((2, LENGTH), np.int32))
+  return model
+
+
+def _find_branch(layer):
+  """Return the first Serial under layer that starts with a LayerNorm."""
+  if layer.sublayers and layer.sublayers[0].name == 'LayerNorm':
+    return layer
+  for sublayer in layer.sublayers:
+    found = _find_branch(sublayer)
+    if found is not None:
+      return found
+  return None
+
+
+def test_residual_model_adds_each_branch():
+  model = _residual_model()
+  tokens = _tokens(0)
+  # ShiftRight, Embedding, Dropout, PositionalEncoding, then one residual
+  # per attention and feed-forward branch, then LayerNorm, Dense, LogSoftmax.
+  layers = model.sublayers
+  assert len(layers) == 4 + 4 + 3
+  residuals = layers[4:8]
+  branches = [_find_branch(residual) for residual in residuals]
+  assert [branch.sublayers[1].name for branch in branches] == [
+      'FavorAttention', 'ChunkedFeedForward'] * 2
+
+  def apply(layer, x):
+    output, _ = layer.pure_fn(x, layer.weights, layer.state,
+                              jax.random.PRNGKey(0))
+    return np.asarray(output)
+
+  x = tokens
+  for layer in layers[:4]:
+    x = apply(layer, x)
+  for branch in branches:
+    x = x + apply(branch, x)
+  for layer in layers[8:]:
+    x = apply(layer, x)
+  np.testing.assert_allclose(apply(model, tokens), x, atol=1e-5)
+
+
+def test_residual_model_is_causal():
+  model = _residual_model()
+  tokens = _tokens(0)
+  position = 10
+  changed = tokens.copy()
+  changed[:, position:] = _tokens(1)[:, position:]
+  original = np.asarray(model(tokens))
+  altered = np.asarray(model(changed))
+  np.testing.assert_allclose(altered[:, :position + 1],
+                             original[:, :position + 1], atol=1e-6)
+  assert not np.allclose(altered[:, position + 1:],
+                         original[:, position + 1:], atol=1e-3)

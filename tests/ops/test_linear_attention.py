@@ -598,3 +598,135 @@ def test_low_precision_long_sequence_close():
       np.testing.assert_allclose(result, expected, rtol=tolerance,
                                  atol=tolerance * np.abs(expected).max(),
                                  err_msg=name)
+
+
+CAUSAL_STATE_FIELDS = ('kv_sum', 'k_sum', 'max_log_scale')
+
+
+def _attend_in_blocks(problem, block_lengths, chunk_size, key_mask=None):
+  """Run causal_linear_attention_with_state block by block.
+
+  Returns:
+    (final state, outputs of all blocks concatenated along the length).
+  """
+  q_values, k_values, v, key_log_scale = problem
+  batch, _, heads, n_features = k_values.shape
+  state = linear_attention.init_causal_state(batch, heads, n_features,
+                                             v.shape[-1])
+  outputs = []
+  start = 0
+  for block_length in block_lengths:
+    block = slice(start, start + block_length)
+    block_mask = None if key_mask is None else key_mask[:, block]
+    state, output = linear_attention.causal_linear_attention_with_state(
+        state, q_values[:, block], k_values[:, block], v[:, block],
+        key_log_scale=key_log_scale[:, block], chunk_size=chunk_size,
+        key_mask=block_mask)
+    outputs.append(output)
+    start += block_length
+  return state, jnp.concatenate(outputs, axis=1)
+
+
+@pytest.mark.parametrize('block_lengths, chunk_size', [
+    ((5, 1, 7, 4), 4),
+    ((17,), 4),
+    ((3, 3, 3, 3, 3, 2), 8),
+])
+def test_with_state_blocks_match_full_pass(block_lengths, chunk_size):
+  problem = _random_problem(40, 2, 17, log_scale_std=20.0)
+  full = linear_attention.causal_linear_attention(
+      *problem[:3], key_log_scale=problem[3], chunk_size=chunk_size)
+
+  _, blocks = _attend_in_blocks(problem, block_lengths, chunk_size)
+  np.testing.assert_allclose(blocks, full, rtol=1e-5, atol=1e-5)
+
+
+def test_with_state_matches_step_outputs_and_state():
+  problem = _random_problem(41, 2, 13, log_scale_std=20.0)
+  q_values, k_values, v, key_log_scale = problem
+  state = linear_attention.init_causal_state(2, 2, 6, 3)
+  step = jax.jit(linear_attention.causal_linear_attention_step)
+  outputs = []
+  for position in range(13):
+    state, output = step(state, q_values[:, position], k_values[:, position],
+                         v[:, position], key_log_scale[:, position])
+    outputs.append(output)
+
+  block_state, blocks = _attend_in_blocks(problem, (6, 7), chunk_size=4)
+  np.testing.assert_allclose(blocks, np.stack(outputs, axis=1), rtol=1e-5,
+                             atol=1e-5)
+  for name in CAUSAL_STATE_FIELDS:
+    np.testing.assert_allclose(getattr(block_state, name),
+                               getattr(state, name), rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+
+def test_with_state_chunk_padding_leaves_state_unchanged():
+  # Log scales far below 0: padding with log scale 0 would raise the running
+  # maximum to 0 and underflow the sums.
+  problem = list(_random_problem(42, 1, 6, log_scale_std=1.0))
+  problem[3] = problem[3] - 500.0
+  state, _ = _attend_in_blocks(problem, (6,), chunk_size=4)
+  unpadded_state, _ = _attend_in_blocks(problem, (6,), chunk_size=3)
+
+  np.testing.assert_allclose(state.max_log_scale,
+                             np.max(problem[3], axis=1), rtol=1e-6)
+  np.testing.assert_allclose(state.kv_sum, unpadded_state.kv_sum, rtol=1e-5)
+  assert np.all(state.k_sum > 0)
+
+
+def test_with_state_gradients_match_full_pass():
+  problem = _random_problem(43, 2, 11, log_scale_std=1.0)
+  key_log_scale = problem[3]
+  cotangent = np.random.default_rng(44).normal(
+      size=problem[2].shape).astype(np.float32)
+
+  def full_loss(q_values, k_values, v):
+    out = linear_attention.causal_linear_attention(
+        q_values, k_values, v, key_log_scale=key_log_scale, chunk_size=4)
+    return jnp.sum(out * cotangent)
+
+  def block_loss(q_values, k_values, v):
+    _, out = _attend_in_blocks((q_values, k_values, v, key_log_scale),
+                               (4, 2, 5), chunk_size=4)
+    return jnp.sum(out * cotangent)
+
+  gradients = jax.grad(block_loss, argnums=(0, 1, 2))(*problem[:3])
+  expected = jax.grad(full_loss, argnums=(0, 1, 2))(*problem[:3])
+  for name, gradient, reference in zip(('q', 'k', 'v'), gradients, expected):
+    scale = np.max(np.abs(reference))
+    np.testing.assert_allclose(
+        gradient, reference, rtol=1e-4, atol=1e-5 * scale,
+        err_msg=f'gradient with respect to {name}_values')
+
+
+def test_with_state_key_mask_equals_deleted_keys():
+  compact, padded, key_mask, valid_positions = _padded_problem(
+      45, valid_length=7, padded_positions=(2, 8, 9, 10))
+  compact_state, expected = _attend_in_blocks(compact, (7,), chunk_size=4)
+  padded_state, outputs = _attend_in_blocks(padded, (5, 6), chunk_size=4,
+                                            key_mask=key_mask)
+
+  np.testing.assert_allclose(outputs[:, valid_positions], expected,
+                             rtol=1e-5, atol=1e-5)
+  for name in CAUSAL_STATE_FIELDS:
+    np.testing.assert_allclose(getattr(padded_state, name),
+                               getattr(compact_state, name), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+
+
+def test_with_state_empty_block_returns_state():
+  problem = _random_problem(46, 1, 0)
+  state = linear_attention.init_causal_state(1, 2, 6, 3)
+  new_state, out = linear_attention.causal_linear_attention_with_state(
+      state, *problem[:3], key_log_scale=problem[3])
+  assert out.shape == (1, 0, 2, 3)
+  assert new_state is state
+
+
+def test_with_state_wrong_state_shape_raises():
+  q_values, k_values, v, _ = _random_problem(47, 1, 4)
+  state = linear_attention.init_causal_state(1, 2, 6, 5)
+  with pytest.raises(ValueError, match='state.kv_sum must have shape'):
+    linear_attention.causal_linear_attention_with_state(
+        state, q_values, k_values, v)

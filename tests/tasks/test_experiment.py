@@ -263,3 +263,75 @@ def test_operative_config_is_written(tmp_path, corpus_dir):
   operative = (tmp_path / 'config.gin').read_text(encoding='utf-8')
   assert 'PerformerLM.d_model = 32' in operative
   assert 'run_experiment.n_steps = 1' in operative
+
+
+def _run_with_files(output_dir, corpus_dir, config_files, bindings,
+                    mode='train'):
+  gin.clear_config()
+  config.parse_gin([str(REPO_ROOT / path) for path in config_files],
+                   TINY_BINDINGS + list(bindings))
+  return experiment.run_experiment(
+      output_dir=str(output_dir), mode=mode, data_dir=str(corpus_dir))
+
+
+def test_sentencepiece_run_saves_and_reuses_model(tmp_path, corpus_dir):
+  sentencepiece_gin = ['gin/vocabulary/sentencepiece.gin']
+  trained = _run_with_files(
+      tmp_path, corpus_dir, sentencepiece_gin,
+      ['SentencePieceVocabulary.vocab_size = 1000',
+       'run_experiment.n_steps = 2'])
+  saved = tmp_path / 'sentencepiece.model'
+  assert saved.is_file()
+  saved_bytes = saved.read_bytes()
+
+  # With neither vocab_size nor model_file, only the saved model can serve.
+  evaluated = _run_with_files(
+      tmp_path, corpus_dir, sentencepiece_gin,
+      ['SentencePieceVocabulary.vocab_size = None',
+       'run_experiment.n_steps = 2'], mode='eval')
+
+  split = trained['splits'][0]
+  assert split['num_tokens'] < split['num_bytes'] / 2
+  assert evaluated['splits'][0]['total_nll_nats'] == split['total_nll_nats']
+  assert saved.read_bytes() == saved_bytes
+
+
+def test_streaming_run_records_evaluation(tmp_path, corpus_dir):
+  results = _run_with_files(tmp_path, corpus_dir, [], [
+      'run_experiment.n_steps = 1',
+      'PerformerLM.positional_encoding = @favor_trax.NoPositionalEncoding',
+      "EvalConfig.mode = 'streaming'",
+      'EvalConfig.window = 256'])
+
+  split = results['splits'][0]
+  statistics = pg19.Pg19Corpus(data_dir=corpus_dir).split_statistics('test')
+  assert (split['mode'], split['window'], split['stride']) == (
+      'streaming', 256, 256)
+  assert split['num_books'] == statistics.num_books
+  assert split['num_tokens'] == statistics.num_tokens
+  assert split['num_words'] == statistics.num_words
+  assert 'corpus-level' in split['aggregation']
+  assert math.isfinite(split['word_perplexity'])
+
+
+def test_streaming_exact_attention_fails_before_training(tmp_path,
+                                                         corpus_dir):
+  with pytest.raises(config.ConfigError, match='DotProductAttention'):
+    _run_with_files(tmp_path, corpus_dir, ['gin/attention/dot_product.gin'], [
+        'run_experiment.n_steps = 1', "EvalConfig.mode = 'streaming'"])
+  assert not (tmp_path / 'model.pkl.gz').exists()
+
+
+def test_eval_window_longer_than_max_len_fails(tmp_path, corpus_dir):
+  with pytest.raises(config.ConfigError,
+                     match='EvalConfig.window = 128 is longer than'):
+    _run_with_files(tmp_path, corpus_dir, [], [
+        'run_experiment.n_steps = 1', "EvalConfig.mode = 'sliding'",
+        'EvalConfig.window = 128', 'EvalConfig.stride = 64'])
+
+
+def test_streaming_past_max_len_fails_before_training(tmp_path, corpus_dir):
+  with pytest.raises(config.ConfigError, match='max_len = 64'):
+    _run_with_files(tmp_path, corpus_dir, [], [
+        'run_experiment.n_steps = 1', "EvalConfig.mode = 'streaming'"])
+  assert not (tmp_path / 'model.pkl.gz').exists()

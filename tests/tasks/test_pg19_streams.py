@@ -8,6 +8,7 @@ import pytest
 
 from tasks import pg19
 from tasks import vocabulary
+from tasks import windows
 
 
 def tokenize_books(split_books):
@@ -255,3 +256,84 @@ def test_gin_binds_data_dir(corpus_dir):
   assert corpus.source.data_dir == corpus_dir
   assert corpus.shuffle_buffer_books == 3
   assert isinstance(corpus.vocabulary, vocabulary.ByteVocabulary)
+
+
+def expected_context(position, length, stride):
+  """Tokens of context of the token at `position` under sliding windows."""
+  if position < length:
+    return position
+  # The first window that contains `position` among its last `stride`
+  # tokens starts at k * stride with k * stride + length > position.
+  window_index = -(-(position - length + 1) // stride)
+  return position - window_index * stride
+
+
+@pytest.mark.parametrize('num_tokens', [1, 7, 8, 9, 23, 24, 25])
+@pytest.mark.parametrize('length,stride', [(8, 8), (8, 3), (8, 1), (5, 4)])
+def test_sliding_windows_score_each_token_once(num_tokens, length, stride):
+  # Token ids encode their positions, so a scored id identifies its token.
+  tokens = np.arange(num_tokens, dtype=np.int32) + 2
+  scored = []
+  for window in windows.sliding_windows(num_tokens, length, stride):
+    ids, weights = windows.make_window(tokens, window.start, length, 0,
+                                       window.first_scored)
+    for index in np.flatnonzero(weights):
+      position = int(ids[index]) - 2
+      # The context is every token of the window before the scored one.
+      np.testing.assert_array_equal(ids[:index], tokens[position - index:
+                                                        position])
+      scored.append((position, int(index)))
+
+  positions = [position for position, _ in scored]
+  assert sorted(positions) == list(range(num_tokens))
+  for position, context in scored:
+    assert context == expected_context(position, length, stride), position
+  assert len(windows.sliding_windows(num_tokens, length, stride)) == (
+      windows.count_sliding_windows(num_tokens, length, stride))
+
+
+def test_sliding_first_token_has_no_context():
+  tokens = np.arange(20, dtype=np.int32) + 2
+  first = windows.sliding_windows(20, 8, 3)[0]
+  ids, weights = windows.make_window(tokens, first.start, 8, 0,
+                                     first.first_scored)
+  assert first == windows.EvalWindow(0, 0)
+  assert ids[0] == tokens[0]
+  assert weights[0] == 1.0
+
+
+@pytest.mark.parametrize('split', ['train', 'validation'])
+def test_eval_stream_stride_equal_length_is_non_overlapping(corpus_dir,
+                                                            split):
+  corpus = pg19.Pg19Corpus(data_dir=corpus_dir)
+  plain = list(corpus.eval_stream(split, 3, 16))
+  strided = list(corpus.eval_stream(split, 3, 16, stride=16))
+
+  assert len(plain) == len(strided)
+  for plain_batch, strided_batch in zip(plain, strided):
+    for plain_array, strided_array in zip(plain_batch, strided_batch):
+      np.testing.assert_array_equal(plain_array, strided_array)
+
+
+def test_eval_stream_sliding_scores_every_token_once(corpus_dir,
+                                                     default_books):
+  corpus = pg19.Pg19Corpus(data_dir=corpus_dir)
+  batches = list(corpus.eval_stream('train', 3, 16, stride=5))
+
+  expected = np.concatenate(tokenize_books(default_books['train']))
+  np.testing.assert_array_equal(weighted_tokens(batches), expected)
+  assert len(batches) == corpus.eval_batch_count('train', 3, 16, stride=5)
+  # Each later window of a book weights only its last 5 tokens.
+  for _, _, weights in batches:
+    for row in weights:
+      if row.any() and not row[0]:
+        assert np.flatnonzero(row)[0] == 16 - 5
+
+
+@pytest.mark.parametrize('stride', [0, 17, 2.5])
+def test_eval_stream_rejects_bad_stride(corpus_dir, stride):
+  corpus = pg19.Pg19Corpus(data_dir=corpus_dir)
+  with pytest.raises(ValueError, match='stride'):
+    corpus.eval_stream('validation', 2, 16, stride=stride)
+  with pytest.raises(ValueError, match='stride'):
+    corpus.eval_batch_count('validation', 2, 16, stride=stride)

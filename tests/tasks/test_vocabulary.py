@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tasks import demo_corpus
 from tasks import vocabulary
 
 
@@ -85,3 +86,115 @@ def test_subclass_inherits_reserved_ids():
   assert vocab.pad_id == 0
   assert vocab.eos_id == 1
   assert vocab.decode(vocab.encode('né')) == 'né'
+
+
+def _training_texts():
+  """Return about 40,000 characters that train a small model in a second."""
+  topics = demo_corpus.load_topics()
+  return [topics[name] for name in sorted(topics)[:12]]
+
+
+@pytest.fixture(name='trained_dir', scope='module')
+def fixture_trained_dir(tmp_path_factory):
+  """An output directory in which an 800-id SentencePiece model was saved."""
+  output_dir = tmp_path_factory.mktemp('run')
+  vocab = vocabulary.SentencePieceVocabulary(vocab_size=800)
+  vocab.prepare(output_dir, _training_texts)
+  return output_dir
+
+
+def _saved_vocabulary(trained_dir):
+  return vocabulary.SentencePieceVocabulary(
+      model_file=trained_dir / vocabulary.SentencePieceVocabulary.MODEL_FILENAME)
+
+
+def test_sentencepiece_round_trip(trained_dir):
+  vocab = _saved_vocabulary(trained_dir)
+  text = ('  Two  spaces,\ttabs,\n\nblank lines, Über, 1918 and \U0001F600 '
+          'end.  \n')
+
+  ids = vocab.encode(text)
+
+  assert ids.dtype == np.int32
+  assert ids.min() >= 2
+  assert ids.max() < vocab.vocab_size
+  assert vocab.decode(ids) == text
+  assert vocab.decode([1] + ids.tolist() + [1, 0, 0]) == text
+
+
+def test_sentencepiece_reserved_ids_and_size(trained_dir):
+  vocab = _saved_vocabulary(trained_dir)
+  assert vocab.vocab_size == 800
+  assert vocab.pad_id == 0
+  assert vocab.eos_id == 1
+  # Pieces join characters: far fewer ids than bytes on the training text.
+  text = _training_texts()[0]
+  assert len(vocab.encode(text)) < 0.6 * len(text.encode('utf-8'))
+
+
+def test_sentencepiece_prepare_reuses_saved_model(trained_dir):
+  def fail_to_read():
+    raise AssertionError('prepare read training texts despite a saved model')
+
+  saved = (trained_dir /
+           vocabulary.SentencePieceVocabulary.MODEL_FILENAME).read_bytes()
+  for vocab in (vocabulary.SentencePieceVocabulary(),
+                vocabulary.SentencePieceVocabulary(vocab_size=800),
+                _saved_vocabulary(trained_dir)):
+    vocab.prepare(trained_dir, fail_to_read)
+    assert vocab.model_proto == saved
+
+
+def test_sentencepiece_prepare_copies_model_file(trained_dir, tmp_path):
+  vocab = _saved_vocabulary(trained_dir)
+  vocab.prepare(tmp_path, lambda: [])
+
+  copied = tmp_path / vocabulary.SentencePieceVocabulary.MODEL_FILENAME
+  assert copied.read_bytes() == vocab.model_proto
+
+
+def test_sentencepiece_prepare_rejects_other_model_file(trained_dir,
+                                                        tmp_path):
+  other = vocabulary.SentencePieceVocabulary(vocab_size=600)
+  other.prepare(tmp_path, _training_texts)
+  vocab = _saved_vocabulary(trained_dir)
+  with pytest.raises(ValueError, match='differs from model_file'):
+    vocab.prepare(tmp_path, _training_texts)
+
+
+def test_sentencepiece_prepare_rejects_smaller_vocab_size(trained_dir):
+  vocab = vocabulary.SentencePieceVocabulary(vocab_size=600)
+  with pytest.raises(ValueError, match='800 ids, more than vocab_size = 600'):
+    vocab.prepare(trained_dir, _training_texts)
+
+
+def test_sentencepiece_without_model_raises(tmp_path):
+  vocab = vocabulary.SentencePieceVocabulary(vocab_size=300)
+  with pytest.raises(RuntimeError, match='no model yet'):
+    vocab.encode('text')
+  with pytest.raises(ValueError, match='needs vocab_size'):
+    vocabulary.SentencePieceVocabulary().prepare(tmp_path, _training_texts)
+
+
+@pytest.mark.parametrize('arguments, error, message', [
+    (dict(model_file='missing.model'), FileNotFoundError, 'not found'),
+    (dict(model_file='x.model', vocab_size=300), ValueError, 'Got both'),
+    (dict(vocab_size=100), ValueError, 'vocab_size must be'),
+    (dict(vocab_size=300, model_type='word'), ValueError, 'model_type'),
+])
+def test_sentencepiece_rejects_bad_arguments(arguments, error, message):
+  with pytest.raises(error, match=message):
+    vocabulary.SentencePieceVocabulary(**arguments)
+
+
+def test_sentencepiece_rejects_out_of_range_id(trained_dir):
+  vocab = _saved_vocabulary(trained_dir)
+  with pytest.raises(ValueError, match='Invalid token id 800'):
+    vocab.decode([5, 800])
+
+
+def test_sentencepiece_too_small_vocab_size_raises(tmp_path):
+  # The text has 92 distinct characters, more than 300 - 260.
+  vocab = vocabulary.SentencePieceVocabulary(vocab_size=300)
+  with pytest.raises(ValueError, match='Raise vocab_size'):
+    vocab.prepare(tmp_path, _training_texts)
