@@ -97,8 +97,10 @@ def main(argv):
           '--config_file, for example gin/pg19/demo.gin.')
   if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
     raise config.ConfigError(
-        f'--data_dir {_DATA_DIR.value} is not a directory. Give a PG-19 '
-        'directory with metadata.csv and train/, validation/, test/.')
+        f'--data_dir {_DATA_DIR.value} is not a directory. Give the dataset '
+        'directory the config reads: for PG-19 the one with metadata.csv '
+        'and train/, validation/, test/; for ImageNet64 the one with the '
+        'npz files.')
   if _MODE.value == 'sample':
     _check_sample_flags()
   output_dir = os.path.abspath(os.path.expanduser(_OUTPUT_DIR.value))

@@ -80,13 +80,19 @@ def _sample_text(corpus, sampler, options, max_len):
   vocabulary = corpus.vocabulary
   prompt_ids = np.asarray(vocabulary.encode(options.prompt), np.int32)
   n_new_tokens = options.n_new_tokens
+  if max_len and len(prompt_ids) >= max_len:
+    raise config.ConfigError(
+        f'--prompt is {len(prompt_ids)} tokens long, but the model covers '
+        f'max_len = {max_len} positions, so no token fits after it. Shorten '
+        'the prompt.')
   if n_new_tokens is None:
     n_new_tokens = max_len - len(prompt_ids) if max_len else 256
   try:
     sampler.check_length(len(prompt_ids), n_new_tokens)
   except ValueError as error:
     raise config.ConfigError(
-        f'--prompt is {len(prompt_ids)} tokens long: {error}') from error
+        f'--prompt ({len(prompt_ids)} tokens) and --sample_length '
+        f'({n_new_tokens} tokens) do not fit: {error}') from error
 
   prompt = np.tile(prompt_ids[None], (options.n_samples, 1))
   start = time.time()

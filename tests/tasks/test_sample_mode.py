@@ -101,8 +101,10 @@ def test_samples_repeat_for_a_seed(trained_run):
 
 
 def test_prompt_longer_than_max_len_rejected(trained_run):
-  with pytest.raises(config.ConfigError, match='max_len = 64'):
-    _sample(trained_run, prompt='x' * 64, n_new_tokens=1)
+  with pytest.raises(config.ConfigError, match='max_len = 64 positions'):
+    _sample(trained_run, prompt='x' * 64)
+  with pytest.raises(config.ConfigError, match='--sample_length'):
+    _sample(trained_run, prompt='x' * 60, n_new_tokens=10)
 
 
 def test_default_length_fills_max_len(trained_run):
