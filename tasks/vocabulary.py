@@ -19,6 +19,8 @@ from absl import logging
 import gin
 import numpy as np
 
+from favor_trax.training import config
+
 TokenIds = Union[Sequence[int], np.ndarray]
 
 PAD_ID = 0
@@ -102,15 +104,24 @@ class ByteVocabulary(Vocabulary):
 
   def prepare(self, output_dir: Union[str, pathlib.Path],
               train_texts: Callable[[], Iterable[str]]) -> None:
-    """Warn when output_dir contains the SentencePiece model of another run."""
+    """Check that output_dir holds no run trained with SentencePiece.
+
+    Raises:
+      ConfigError: output_dir contains a SentencePiece model and a
+        checkpoint, whose embeddings then do not fit the byte vocabulary.
+    """
     del train_texts
     saved = pathlib.Path(output_dir) / SentencePieceVocabulary.MODEL_FILENAME
-    if saved.exists():
-      logging.warning(
-          '%s contains a SentencePiece model, but this run uses the byte '
-          'vocabulary, so its checkpoint may not load. Add '
-          'gin/pg19/sentencepiece.gin to the config files to use that model.',
-          output_dir)
+    if not saved.exists():
+      return
+    message = (f'{output_dir} contains a SentencePiece model ({saved.name}), '
+               'but this run uses the byte vocabulary. Add --config_file '
+               'gin/vocabulary/sentencepiece.gin to use that model.')
+    if (pathlib.Path(output_dir) / 'model.pkl.gz').exists():
+      raise config.ConfigError(
+          message + ' The checkpoint there was trained with it, so it does '
+          'not load with bytes.')
+    logging.warning('%s', message)
 
 
 def _check_ids_in_range(ids: np.ndarray, vocab_size: int, name: str) -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from favor_trax.training import config
 from tasks import demo_corpus
 from tasks import vocabulary
 
@@ -198,3 +199,14 @@ def test_sentencepiece_too_small_vocab_size_raises(tmp_path):
   vocab = vocabulary.SentencePieceVocabulary(vocab_size=300)
   with pytest.raises(ValueError, match='Raise vocab_size'):
     vocab.prepare(tmp_path, _training_texts)
+
+
+def test_byte_vocabulary_rejects_sentencepiece_run(tmp_path):
+  byte_vocabulary = vocabulary.ByteVocabulary()
+  (tmp_path / 'sentencepiece.model').write_bytes(b'model')
+  byte_vocabulary.prepare(tmp_path, lambda: [])
+
+  (tmp_path / 'model.pkl.gz').write_bytes(b'checkpoint')
+  with pytest.raises(config.ConfigError,
+                     match='gin/vocabulary/sentencepiece.gin'):
+    byte_vocabulary.prepare(tmp_path, lambda: [])
