@@ -405,6 +405,10 @@ def patch_mean_over_local_devices():
   the pmapped steps, and two processes that dispatch them in another order
   hang. Trax documents the averaged loss as this host's, so the patch
   averages the local replicas on the host, without a collective.
+
+  NOTE: unlike the other patches, no test fails without this one. The
+  two-process test passed once before it was added and hung on a loaded
+  machine with and without it.
   """
   if 'mean_over_local_devices' in _APPLIED:
     return
