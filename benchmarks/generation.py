@@ -8,8 +8,8 @@ prefix for every token. Here that model uses exact softmax attention
 costs O(t) in the dense layers and O(t^2) in the attention.
 
 Both models have gin/pg19/demo.gin's shape (2 reversible blocks, d_model 128,
-4 heads, byte vocabulary) with random weights; greedy decoding from an empty
-prompt to --max_position tokens, batch 1. The full-pass decoder pads the
+4 heads, byte vocabulary) and random weights. Each decodes greedily from an
+empty prompt to --max_position tokens at batch 1. The full-pass decoder pads the
 prefix to a multiple of 64 positions so that it compiles once per 64 tokens;
 the first token after each new length includes that compilation, so the
 report takes the median over each bin of 64 positions.

@@ -104,7 +104,7 @@ class ByteVocabulary(Vocabulary):
 
   def prepare(self, output_dir: Union[str, pathlib.Path],
               train_texts: Callable[[], Iterable[str]]) -> None:
-    """Check that output_dir holds no run trained with SentencePiece.
+    """Check that output_dir contains no run trained with SentencePiece.
 
     Raises:
       ConfigError: output_dir contains a SentencePiece model and a
