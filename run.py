@@ -134,9 +134,15 @@ def _main_with_clear_errors(argv):
   try:
     return main(argv)
   except (config.ConfigError, pg19.DataError, OSError) as error:
-    logging.error('%s', error)
-    print(f'Error: {error}', file=sys.stderr)
+    print(f'Error: {_without_gin_context(str(error))}', file=sys.stderr)
     return 1
+
+
+def _without_gin_context(message):
+  """Drop the "In call to configurable ..." lines that gin appends."""
+  lines = message.split('\n')
+  return '\n'.join(line for line in lines
+                   if not line.strip().startswith('In call to configurable'))
 
 
 def run_main():

@@ -3,10 +3,11 @@
 Question: how do time and memory of one forward and backward pass of causal
 attention grow with the sequence length L, for
 
-* `favor_trax`: this library's causal FAVOR+: positive softmax features
+* `favor_trax`: this library's causal FAVOR+ as the layer runs it:
+  `linear_attention.causal_linear_attention_of_inputs`, the chunked scan
+  that maps each chunk of q and k to positive softmax features
   (`features.positive_softmax_features`, per-position stabilizer) and
-  `linear_attention.causal_linear_attention`, the chunked scan with
-  rematerialized chunks.
+  recomputes the chunk in the backward pass.
 * `trax_scan`: Trax 1.4.1's `CausalFavorAttention`, a scan over single
   positions with a custom VJP, fed the same positive random features. They
   are computed without stabilizer, so that Trax's prefix sums see phi(q) and
@@ -158,11 +159,11 @@ def favor_causal_attention(q, k, v, projection,
   # phi(x) . phi(y) estimates exp(x . y), so x = q d^-1/4 and y = k d^-1/4
   # give exp(q . k / sqrt(d)).
   input_scale = q.shape[-1]**-0.25
-  q_features = features.positive_softmax_features(q * input_scale, projection)
-  k_features = features.positive_softmax_features(k * input_scale, projection)
-  return linear_attention.causal_linear_attention(
-      q_features.values, k_features.values, v,
-      key_log_scale=k_features.log_scale, chunk_size=chunk_size)
+  _, out = linear_attention.causal_linear_attention_of_inputs(
+      None, q * input_scale, k * input_scale, v,
+      features.positive_softmax_features, (projection,),
+      chunk_size=chunk_size)
+  return out
 
 
 def trax_scan_attention(q, k, v, projection):

@@ -43,6 +43,13 @@ MODES = ('non_overlapping', 'sliding', 'streaming')
 # state of fixed size: FAVOR's prefix sums, or nothing at all.
 STREAMABLE_ATTENTION = (favor.FavorAttention, kinds.IdentityAttention)
 
+def _check_positive_int(name, value):
+  try:
+    windows.check_positive_int(name, value)
+  except ValueError as error:
+    raise config.ConfigError(str(error)) from error
+
+
 @gin.configurable(module='evaluation')
 class EvalConfig:
   """Settings of the evaluation windows: mode, length and stride.
@@ -67,13 +74,13 @@ class EvalConfig:
       raise config.ConfigError(
           f'EvalConfig.mode must be one of {MODES}, got {mode!r}.')
     if window is not None:
-      windows.check_positive_int('EvalConfig.window', window)
+      _check_positive_int('EvalConfig.window', window)
     if mode == 'sliding':
       if stride is None:
         raise config.ConfigError(
             "EvalConfig.mode = 'sliding' needs EvalConfig.stride, the tokens "
             'between window starts, from 1 to the window length.')
-      windows.check_positive_int('EvalConfig.stride', stride)
+      _check_positive_int('EvalConfig.stride', stride)
     elif stride is not None:
       raise config.ConfigError(
           f'EvalConfig.stride = {stride} applies only to mode \'sliding\', '

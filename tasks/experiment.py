@@ -187,6 +187,36 @@ def _transfer_weights(loop, init_checkpoint):
   return {'path': path, 'n_loaded': len(loaded), 'not_loaded': not_loaded}
 
 
+def check_checkpoint_fits(model, output_dir, sequence_length):
+  """Raise ConfigError unless the checkpoint in output_dir fits model.
+
+  Trax restores a checkpoint as a flat list of arrays, so a model built from
+  other config files would silently receive arrays meant for other layers.
+  The named weights saved beside the checkpoint tell whether every layer
+  path and shape agrees. Checkpoints without that file are not checked.
+
+  Args:
+    model: An uninitialized model of the run, in any mode.
+    output_dir: The run's output directory.
+    sequence_length: Tokens per window, for the model's input signature.
+  """
+  path = os.path.join(output_dir, 'model' + named_weights.NAMED_WEIGHTS_SUFFIX)
+  if not os.path.exists(path):
+    return
+  model.init(shapes.ShapeDtype((1, sequence_length), 'int32'))
+  lines = named_weights.differences(model, named_weights.read(path))
+  if not lines:
+    return
+  first_lines = '; '.join(lines[:3])
+  more = f' (and {len(lines) - 3} more)' if len(lines) > 3 else ''
+  raise config.ConfigError(
+      f'The checkpoint in {output_dir} was trained with another model: '
+      f'{len(lines)} weight arrays differ in name or shape, {first_lines}{more}. '
+      'Pass the config files and bindings of the training run (its '
+      f'operative config is {os.path.join(output_dir, "config.gin")}), or '
+      'another --output_dir.')
+
+
 def format_results(results):
   """Return one human-readable line of a split's scores."""
   if 'summary' in results:
@@ -375,6 +405,8 @@ def run_experiment(output_dir,
     raise FileNotFoundError(
         f'No checkpoint at {checkpoint}. Train first with --mode train and '
         'the same --output_dir.')
+  if os.path.exists(checkpoint):
+    check_checkpoint_fits(model_fn(mode='eval'), output_dir, sequence_length)
   if mode == 'sample':
     return sampling.sample_from_checkpoint(
         output_dir, corpus, model_fn, sequence_length,

@@ -285,28 +285,31 @@ class FavorAttention(base.Layer):
       projection = self._projection_for_step(projection, redraw_key, step)
       step = step + 1
 
-    q, k, v = self._project_inputs(x)
-    q_features, k_features = self._features(q, k, projection)
     if self._mode == 'predict':
-      attended, decode_state = self._decode(q_features, k_features, v,
-                                            self.state[3])
+      out, decode_state = self._decode(x, projection, self.state[3])
       self.state = (projection, redraw_key, step, decode_state)
-    else:
-      attended = self._attend(q_features, k_features, v)
-      self.state = (projection, redraw_key, step)
-
+      return out
+    self.state = (projection, redraw_key, step)
+    if self._causal:
+      _, out = self._causal_chunks(x, projection, None)
+      return out
+    attended = self._attend_bidirectional(*self._project_inputs(x),
+                                          projection)
     if self._mode == 'train' and self._dropout > 0:
-      attended = self._drop(attended)
+      attended = self._drop(attended, self.rng)
+    return self._project_output(attended)
 
-    batch, length = x.shape[:2]
+  def _project_output(self, attended):
+    """Map [batch, length, heads, d_v] to [batch, length, d_model]."""
+    batch, length = attended.shape[:2]
     attended = attended.reshape(batch, length, self._n_heads * self._d_v)
     w_out, b_out = self.weights[3]
     return jnp.dot(attended, w_out) + b_out
 
-  def _drop(self, attended):
-    """Apply inverted dropout with the layer rng: zero or scale by 1/(1-p)."""
+  def _drop(self, attended, rng):
+    """Apply inverted dropout: zero or scale by 1/(1-p)."""
     keep_rate = 1.0 - self._dropout
-    keep = jax.random.bernoulli(self.rng, keep_rate, attended.shape)
+    keep = jax.random.bernoulli(rng, keep_rate, attended.shape)
     return jnp.where(keep, attended / keep_rate, 0).astype(attended.dtype)
 
   def _projection_for_step(self, projection, redraw_key, step):
@@ -331,38 +334,85 @@ class FavorAttention(base.Layer):
       heads.append(y.reshape(batch, length, self._n_heads, depth))
     return tuple(heads)
 
-  def _features(self, q, k, projection):
-    """Return the `Features` of q and k."""
+  def _scale_inputs(self, q, k):
+    """Scale q and k by d^-1/4 for the softmax kernels."""
+    if not KERNELS[self._kernel].scales_inputs:
+      return q, k
+    # phi(x) . phi(y) estimates exp(x . y). With x = q d^-1/4 and
+    # y = k d^-1/4 that is exp(q . k / sqrt(d)).
+    input_scale = self._d_qk ** -0.25
+    return q * input_scale, k * input_scale
+
+  def _feature_fn_and_args(self, projection):
+    """Return (feature_fn, feature_args) of a kernel with a fixed rho.
+
+    Causal attention maps each position alone, so FAVOR++ gets its fixed
+    rho here, never one computed from the sequence.
+    """
     kernel = KERNELS[self._kernel]
-    if kernel.scales_inputs:
-      # phi(x) . phi(y) estimates exp(x . y). With x = q d^-1/4 and
-      # y = k d^-1/4 that is exp(q . k / sqrt(d)).
-      input_scale = self._d_qk ** -0.25
-      q = q * input_scale
-      k = k * input_scale
+    if kernel.takes_rho:
+      return kernel.feature_fn, (projection, self._favor_plus_plus_rho)
+    return kernel.feature_fn, (projection,)
+
+  def _attend_bidirectional(self, q, k, v, projection):
+    """Return non-causal attention outputs [batch, length, heads, d_v]."""
+    q, k = self._scale_inputs(q, k)
+    kernel = KERNELS[self._kernel]
     if kernel.takes_rho:
       # Queries and keys share one rho per example and head, so they share
       # the coefficient A that the unbiased estimate needs.
       rho = self._favor_plus_plus_rho
       if rho is None:
         rho = features.favor_plus_plus_rho(q, k)
-      return (kernel.feature_fn(q, projection, rho),
-              kernel.feature_fn(k, projection, rho))
-    return kernel.feature_fn(q, projection), kernel.feature_fn(k, projection)
-
-  def _attend(self, q_features, k_features, v):
-    """Return attention outputs of shape [batch, length, heads, d_v]."""
+      q_features = kernel.feature_fn(q, projection, rho)
+      k_features = kernel.feature_fn(k, projection, rho)
+    else:
+      q_features = kernel.feature_fn(q, projection)
+      k_features = kernel.feature_fn(k, projection)
     # Per-query log scales cancel in the normalization, so only the key
     # scales are passed on.
-    if self._causal:
-      return linear_attention.causal_linear_attention(
-          q_features.values, k_features.values, v,
-          key_log_scale=k_features.log_scale, chunk_size=self._chunk_size)
     return linear_attention.bidirectional_linear_attention(
         q_features.values, k_features.values, v,
         key_log_scale=k_features.log_scale)
 
-  def _decode(self, q_features, k_features, v, decode_state):
+  def _causal_chunks(self, x, projection, state):
+    """Run causal attention chunk by chunk, from x to the output projection.
+
+    Every per-position step (the q, k and v projections, the feature maps,
+    dropout and the output projection) runs inside the scan of
+    `linear_attention.causal_linear_attention_of_chunks`, and its backward
+    pass recomputes them per chunk. Training then stores x, the output and
+    one state per chunk, and no [length, heads, m] features or q, k, v.
+    Dropout draws chunk i's mask from fold_in(rng, i).
+
+    Args:
+      x: inputs of shape [batch, length, d_model].
+      projection: the random projection of this call.
+      state: `linear_attention.CausalState` to continue from, or None.
+
+    Returns:
+      (new `CausalState`, outputs of shape [batch, length, d_model]).
+    """
+    feature_fn, feature_args = self._feature_fn_and_args(projection)
+    drop = self._mode == 'train' and self._dropout > 0
+    rng = self.rng if drop else None
+
+    def features_fn(chunk, valid, index):
+      del valid, index  # Padding is zeros, so its keys stay finite.
+      q, k, v = self._project_inputs(chunk)
+      q, k = self._scale_inputs(q, k)
+      return (feature_fn(q, *feature_args).values,
+              feature_fn(k, *feature_args), v)
+
+    def output_fn(attended, index):
+      if drop:
+        attended = self._drop(attended, jax.random.fold_in(rng, index))
+      return self._project_output(attended)
+
+    return linear_attention.causal_linear_attention_of_chunks(
+        state, x, features_fn, output_fn, chunk_size=self._chunk_size)
+
+  def _decode(self, x, projection, decode_state):
     """Attend the positions of one call from the carried sums.
 
     A single position takes the decode step. Several positions, such as a
@@ -371,24 +421,19 @@ class FavorAttention(base.Layer):
     that many positions.
 
     Returns:
-      (outputs of shape [batch, length, heads, d_v], new decode state).
+      (outputs of shape [batch, length, d_model], new decode state).
     """
-    if q_features.values.shape[1] > 1:
-      state, outputs = linear_attention.causal_linear_attention_with_state(
-          linear_attention.CausalState(*decode_state), q_features.values,
-          k_features.values, v, key_log_scale=k_features.log_scale,
-          chunk_size=self._chunk_size)
-      return outputs, tuple(state)
+    state = linear_attention.CausalState(*decode_state)
+    if x.shape[1] != 1:
+      state, out = self._causal_chunks(x, projection, state)
+      return out, tuple(state)
 
-    def step_fn(state, position):
-      q_values, k_values, k_log_scale, values = position
-      return linear_attention.causal_linear_attention_step(
-          state, q_values, k_values, values, key_log_scale=k_log_scale)
-
-    positions = tuple(
-        jnp.moveaxis(array, 1, 0)
-        for array in (q_features.values, k_features.values,
-                      k_features.log_scale, v))
-    state, outputs = jax.lax.scan(
-        step_fn, linear_attention.CausalState(*decode_state), positions)
-    return jnp.moveaxis(outputs, 0, 1), tuple(state)
+    q, k, v = self._project_inputs(x)
+    q, k = self._scale_inputs(q, k)
+    feature_fn, feature_args = self._feature_fn_and_args(projection)
+    q_features = feature_fn(q[:, 0], *feature_args)
+    k_features = feature_fn(k[:, 0], *feature_args)
+    state, attended = linear_attention.causal_linear_attention_step(
+        state, q_features.values, k_features.values, v[:, 0],
+        key_log_scale=k_features.log_scale)
+    return self._project_output(attended[:, None]), tuple(state)

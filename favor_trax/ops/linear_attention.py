@@ -430,6 +430,210 @@ def _causal_scan(initial_state, q_features, k_features, v, key_log_scale,
   return final_state, out[:, :length].astype(v.dtype)
 
 
+def causal_linear_attention_of_chunks(state, inputs, features_fn,
+                                      output_fn=None,
+                                      chunk_size=DEFAULT_CHUNK_SIZE,
+                                      key_mask=None):
+  """Compute causal linear attention with all per-position work per chunk.
+
+  A `jax.lax.scan` over chunks of `chunk_size` positions carries
+  `CausalState`. Each step maps its chunk of `inputs` to query features,
+  key features and values (`features_fn`), attends as
+  `causal_linear_attention` does, and maps the outputs on
+  (`output_fn`). The step is rematerialized in the backward pass
+  (`jax.checkpoint`), so the backward pass stores the inputs, one state
+  per chunk and the outputs, but no feature map, no q, k or v, and nothing
+  else per position. A layer that puts its dense projections into
+  `features_fn` and `output_fn` keeps memory per position at the size of
+  its input and output.
+
+  Each position's features may depend on that position only, so that no
+  output depends on a later position.
+
+  Args:
+    state: `CausalState` over the earlier positions, or None to start a new
+      sequence.
+    inputs: a pytree of arrays of shape [batch, length, ...].
+    features_fn: function (chunk, valid, index) -> (q_features, k_features,
+      v). chunk is `inputs` cut to [batch, C, ...], valid the [batch, C]
+      bool mask of keys to attend to (False at masked keys and at the
+      padding after the last position), index the chunk number. It returns
+      query feature values [batch, C, heads, m], key `features.Features`
+      (values [batch, C, heads, m], log_scale [batch, C, heads]) and values
+      [batch, C, heads, depth_v]. Masked keys may map to any features, inf
+      and nan included: they are zeroed here. Inputs that can hold inf or
+      nan at masked keys should be zeroed in features_fn with `valid`, so
+      that no nan reaches a gradient.
+    output_fn: optional function (out, index) -> pytree of arrays
+      [batch, C, ...], applied to the attention output [batch, C, heads,
+      depth_v] (in the dtype of v) of each chunk. None returns the outputs.
+    chunk_size: positive int, the number of positions per scan step. A
+      length that is not a multiple is padded with zeros at the end.
+    key_mask: optional bool array of shape [batch, length]. False marks a
+      padded key, which stays out of the outputs and of the returned state.
+
+  Returns:
+    (new `CausalState` in the dtype of `state`, or float32 or float64 when
+    state is None; output pytree of arrays [batch, length, ...]).
+  """
+  leaves = jax.tree_util.tree_leaves(inputs)
+  if not leaves or any(leaf.ndim < 2 for leaf in leaves):
+    raise ValueError(
+        'inputs must be a pytree of arrays of shape [batch, length, ...], '
+        f'got shapes {[leaf.shape for leaf in leaves]}.')
+  batch, length = leaves[0].shape[:2]
+  if any(leaf.shape[:2] != (batch, length) for leaf in leaves):
+    raise ValueError(
+        f'every input must have shape [batch, length, ...] = '
+        f'[{batch}, {length}, ...], got shapes '
+        f'{[leaf.shape for leaf in leaves]}.')
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_key_mask(key_mask, (batch, length), '[batch, length]')
+  if key_mask is None:
+    key_mask = jnp.ones((batch, length), dtype=bool)
+  chunk_size = max(1, min(chunk_size, length))
+  n_chunks = -(-length // chunk_size)
+  padding = n_chunks * chunk_size - length
+
+  # Padding goes after the last position, so causality keeps it out of every
+  # real output, and as masked keys it leaves the final state unchanged.
+  def to_chunks(array):
+    pad_widths = [(0, 0), (0, padding)] + [(0, 0)] * (array.ndim - 2)
+    array = jnp.pad(array, pad_widths)
+    array = array.reshape((batch, n_chunks, chunk_size) + array.shape[2:])
+    return jnp.moveaxis(array, 1, 0)
+
+  def first_chunk(array):
+    return jnp.zeros((batch, chunk_size) + array.shape[2:], array.dtype)
+
+  q_shape, k_shape, v_shape = jax.eval_shape(
+      features_fn, jax.tree_util.tree_map(first_chunk, inputs),
+      jnp.ones((batch, chunk_size), bool), jnp.zeros((), jnp.int32))
+  n_heads, n_features = k_shape.values.shape[2:]
+  depth_v = v_shape.shape[-1]
+  dtype = _compute_dtype(q_shape, k_shape.values, v_shape)
+  expected = (
+      ('kv_sum', (batch, n_heads, n_features, depth_v)),
+      ('k_sum', (batch, n_heads, n_features)),
+      ('max_log_scale', (batch, n_heads)),
+  )
+  if state is None:
+    state = init_causal_state(batch, n_heads, n_features, depth_v, dtype)
+  for name, shape in expected:
+    found = getattr(state, name).shape
+    if found != shape:
+      raise ValueError(
+          f'state.{name} must have shape {shape} to match the features and '
+          f'values, got shape {found}.')
+  state_dtype = state.kv_sum.dtype
+
+  def attend_chunk(carry, chunk):
+    chunk_inputs, valid, index = chunk
+    q_values, k_features, v = features_fn(chunk_inputs, valid, index)
+    log_scale = jax.lax.stop_gradient(jnp.broadcast_to(
+        k_features.log_scale, k_features.values.shape[:3]).astype(dtype))
+    k_values, v_kept, log_scale = _remove_masked_keys(
+        valid[..., None], k_features.values.astype(dtype), v.astype(dtype),
+        log_scale)
+    carry, out = _causal_chunk(
+        carry, (q_values.astype(dtype), k_values, v_kept, log_scale))
+    out = out.astype(v.dtype)
+    return carry, (out if output_fn is None else output_fn(out, index))
+
+  if length == 0:
+    outputs = jax.eval_shape(
+        lambda: attend_chunk(state, (jax.tree_util.tree_map(
+            first_chunk, inputs), jnp.ones((batch, 1), bool), 0))[1])
+    return state, jax.tree_util.tree_map(
+        lambda shape: jnp.zeros((batch, 0) + shape.shape[2:], shape.dtype),
+        outputs)
+
+  chunks = (jax.tree_util.tree_map(to_chunks, inputs),
+            to_chunks(key_mask.astype(bool)),
+            jnp.arange(n_chunks, dtype=jnp.int32))
+  initial_state = CausalState(*(array.astype(dtype) for array in state))
+  final_state, outputs = jax.lax.scan(
+      jax.checkpoint(attend_chunk, prevent_cse=False), initial_state, chunks)
+
+  def from_chunks(array):
+    array = jnp.moveaxis(array, 0, 1)
+    array = array.reshape((batch, n_chunks * chunk_size) + array.shape[3:])
+    return array[:, :length]
+
+  final_state = CausalState(
+      *(array.astype(state_dtype) for array in final_state))
+  return final_state, jax.tree_util.tree_map(from_chunks, outputs)
+
+
+def causal_linear_attention_of_inputs(state, q, k, v, feature_fn,
+                                      feature_args=(),
+                                      chunk_size=DEFAULT_CHUNK_SIZE,
+                                      key_mask=None):
+  """Compute causal linear attention, mapping q and k to features per chunk.
+
+  Gives the outputs of `causal_linear_attention_with_state` on the features
+  phi(q) = feature_fn(q, *feature_args) and phi(k) = feature_fn(k,
+  *feature_args), but no feature array longer than one chunk exists: each
+  scan step of `causal_linear_attention_of_chunks` maps its chunk of q and
+  k to features, and the backward pass recomputes them. Training memory for
+  the attention then grows with length * (depth_qk + depth_v) rather than
+  with length * m, which matters when m is several times the head depth
+  (FAVOR+ with m = 256 and heads of depth 64).
+
+  The feature map must act on each position alone: its log scale at a
+  position may depend on that position only. All feature maps of
+  `favor_trax.ops.features` do, and FAVOR++ does when its rho is a fixed
+  value passed in `feature_args`.
+
+  Args:
+    state: `CausalState` over the earlier positions, or None to start a new
+      sequence.
+    q: queries of shape [batch, length, heads, depth_qk], already scaled as
+      the feature map expects.
+    k: keys of the shape of q.
+    v: values of shape [batch, length, heads, depth_v].
+    feature_fn: function (x, *feature_args) -> `features.Features` with
+      values [..., m] and log_scale [...] for x [..., depth_qk].
+    feature_args: tuple of arrays passed to feature_fn, such as the random
+      projection.
+    chunk_size: positive int, the number of positions per scan step.
+    key_mask: optional bool array of shape [batch, length]. False marks a
+      padded key, which stays out of the outputs and of the returned state.
+      Its key enters feature_fn as zeros, so inf or nan in a padded key
+      reaches neither the outputs nor the gradients.
+
+  Returns:
+    (new `CausalState`, outputs of shape [batch, length, heads, depth_v] in
+    the dtype of v).
+  """
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(
+        f'q, k and v must have shape [batch, length, heads, depth], got '
+        f'shapes {q.shape}, {k.shape} and {v.shape}.')
+  if q.shape != k.shape:
+    raise ValueError(
+        f'causal attention needs q and k of one shape, got {q.shape} and '
+        f'{k.shape}.')
+  if v.shape[:3] != k.shape[:3]:
+    raise ValueError(
+        f'v must have the batch, length and heads of k {k.shape}, got shape '
+        f'{v.shape}.')
+  feature_args = tuple(feature_args)
+
+  def features_fn(chunk, valid, index):
+    del index
+    q_chunk, k_chunk, v_chunk = chunk
+    k_chunk = jnp.where(valid[..., None, None], k_chunk, 0)
+    v_chunk = jnp.where(valid[..., None, None], v_chunk, 0)
+    return (feature_fn(q_chunk, *feature_args).values,
+            feature_fn(k_chunk, *feature_args), v_chunk)
+
+  return causal_linear_attention_of_chunks(
+      state, (q, k, v), features_fn, chunk_size=chunk_size,
+      key_mask=key_mask)
+
+
 def causal_linear_attention_step(state, q_features, k_features, v,
                                  key_log_scale=None, key_mask=None):
   """Add one position's key to `state` and attend its query, for decoding.

@@ -95,6 +95,33 @@ def load_into(layer, stored):
   return sorted(loaded), sorted(not_loaded)
 
 
+def differences(layer, stored):
+  """Return how the weights of `layer` and `stored` differ in names or shapes.
+
+  Args:
+    layer: An initialized Trax layer.
+    stored: {name: array}, as returned by `read`.
+
+  Returns:
+    A sorted list of lines such as '3/1/w0: shape (64, 32) here, (64, 16)
+    stored', empty when every name and shape agrees.
+  """
+  model_shapes = {name: tuple(array.shape)
+                  for name, array in named_weights(layer).items()}
+  stored_shapes = {name: tuple(array.shape) for name, array in stored.items()}
+  lines = []
+  for name in sorted(set(model_shapes) | set(stored_shapes)):
+    if name not in stored_shapes:
+      lines.append(f'{name}: shape {model_shapes[name]} here, not stored')
+    elif name not in model_shapes:
+      lines.append(
+          f'{name}: not in this model, shape {stored_shapes[name]} stored')
+    elif model_shapes[name] != stored_shapes[name]:
+      lines.append(f'{name}: shape {model_shapes[name]} here, '
+                   f'{stored_shapes[name]} stored')
+  return lines
+
+
 def _set_named_weights(layer, replacements, prefix=''):
   """Replace arrays of `layer` by name; arrays not named keep their value."""
   if not layer.sublayers:

@@ -429,3 +429,56 @@ def test_favor_layer_projection_survives_checkpoint(tmp_path):
   np.testing.assert_array_equal(restored_projection, saved_projection)
   np.testing.assert_array_equal(restored_key, saved_key)
   assert int(restored_step) == 2
+
+
+@pytest.mark.parametrize('length', [1, 3, 4, 11])
+def test_favor_layer_causal_matches_quadratic_feature_formula(length):
+  # The layer runs its projections and feature maps chunk by chunk; the
+  # reference maps the whole sequence at once and normalizes the masked
+  # L x L kernel matrix in float64.
+  x = _inputs(seed=12, length=length)
+  layer = _initialized_layer(x, causal=True, mode='eval')
+  (w_q, b_q), (w_k, b_k), (w_v, b_v), (w_o, b_o) = (
+      [np.asarray(array, np.float64) for array in pair]
+      for pair in layer.weights)
+  projection = np.asarray(layer.state[0], np.float64)
+  x64 = x.astype(np.float64)
+  depth = D_MODEL // N_HEADS
+
+  def heads(w, b):
+    return (x64 @ w + b).reshape(x.shape[0], length, N_HEADS, depth)
+
+  def phi(y):
+    y = y * depth**-0.25
+    return np.exp(y @ projection.T - 0.5 * np.sum(y * y, -1, keepdims=True))
+
+  scores = np.einsum('bqhm,bkhm->bhqk', phi(heads(w_q, b_q)),
+                     phi(heads(w_k, b_k)))
+  scores = scores * np.tril(np.ones((length, length)))
+  attended = (np.einsum('bhqk,bkhd->bqhd', scores, heads(w_v, b_v)) /
+              np.swapaxes(scores.sum(-1), 1, 2)[..., None])
+  expected = attended.reshape(x.shape[0], length, -1) @ w_o + b_o
+  np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_favor_layer_causal_backward_memory_per_position():
+  # XLA's planned scratch memory for one forward and backward pass of the
+  # causal layer, in units of one [length, d_model] float32 array. With q,
+  # k and v and the [length, heads, m] feature maps stored for the
+  # backward pass it is about 44 here; computed per chunk it is about 5.
+  length, d_model = 4096, 64
+  layer = favor.FavorAttention(d_model, n_heads=2, causal=True, chunk_size=64,
+                               dropout=0.1, n_random_features=128)
+  x = jnp.ones((1, length, d_model), jnp.float32)
+  layer.init(shapes.signature(x), rng=jax.random.PRNGKey(0))
+  weights, state = layer.weights, layer.state
+
+  def forward_and_backward(x, weights, cotangent):
+    def apply(x, weights):
+      return layer.pure_fn(x, weights, state, jax.random.PRNGKey(1))[0]
+    _, pullback = jax.vjp(apply, x, weights)
+    return pullback(cotangent)
+
+  analysis = jax.jit(forward_and_backward).lower(
+      x, weights, x).compile().memory_analysis()
+  assert analysis.temp_size_in_bytes < 8 * length * d_model * 4

@@ -119,6 +119,38 @@ def test_eval_without_checkpoint_fails(tmp_path, corpus_dir):
     _run(tmp_path, corpus_dir, n_steps=1, mode='eval')
 
 
+def test_eval_with_another_model_fails(tmp_path, corpus_dir):
+  _run(tmp_path, corpus_dir, n_steps=1)
+  for extra, name in ((['PerformerLM.n_layers = 2'], 'not stored'),
+                      (['PerformerLM.d_ff = 48'], '(32, 64) stored')):
+    with pytest.raises(config.ConfigError,
+                       match='trained with another model') as raised:
+      _run(tmp_path, corpus_dir, n_steps=1, mode='eval', extra=extra)
+    assert name in str(raised.value)
+    assert 'config.gin' in str(raised.value)
+  # The same bindings still evaluate the checkpoint.
+  results = _run(tmp_path, corpus_dir, n_steps=1, mode='eval')
+  assert results['step'] == 1
+
+
+def test_bad_eval_stride_is_one_line_error(tmp_path, corpus_dir):
+  command = [
+      sys.executable, str(REPO_ROOT / 'run.py'),
+      '--config_file', str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
+      '--data_dir', str(corpus_dir), '--output_dir', str(tmp_path),
+      '--config', "EvalConfig.mode = 'sliding'",
+      '--config', 'EvalConfig.stride = 0',
+  ]
+  result = subprocess.run(command, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'In call to configurable' not in result.stderr
+  assert result.stderr.count('EvalConfig.stride must be a positive') == 1
+  assert ('Error: EvalConfig.stride must be a positive integer, got 0.'
+          in result.stderr)
+
+
 def test_missing_data_dir_fails(tmp_path):
   missing = tmp_path / 'no_such_pg19'
   with pytest.raises(pg19.DataError, match=str(missing)):
