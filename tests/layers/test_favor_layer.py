@@ -433,7 +433,7 @@ def test_favor_layer_projection_survives_checkpoint(tmp_path):
 
 @pytest.mark.parametrize('length', [1, 3, 4, 11])
 def test_favor_layer_causal_matches_quadratic_feature_formula(length):
-  # The layer runs its projections and feature maps chunk by chunk; the
+  # The layer runs its projections and feature maps chunk by chunk. The
   # reference maps the whole sequence at once and normalizes the masked
   # L x L kernel matrix in float64.
   x = _inputs(seed=12, length=length)
@@ -465,7 +465,7 @@ def test_favor_layer_causal_backward_memory_per_position():
   # XLA's planned scratch memory for one forward and backward pass of the
   # causal layer, in units of one [length, d_model] float32 array. With q,
   # k and v and the [length, heads, m] feature maps stored for the
-  # backward pass it is about 44 here; computed per chunk it is about 5.
+  # backward pass it is about 44 here. Computed per chunk, it is about 5.
   length, d_model = 4096, 64
   layer = favor.FavorAttention(d_model, n_heads=2, causal=True, chunk_size=64,
                                dropout=0.1, n_random_features=128)
