@@ -399,12 +399,16 @@ class FavorAttention(base.Layer):
 
     def features_fn(chunk, valid, index):
       del valid, index  # Padding is zeros, so its keys stay finite.
-      q, k, v = self._project_inputs(chunk)
+      # Heads first: the scan multiplies per (batch, head) without
+      # transposing the [heads, C, m] features.
+      q, k, v = (jnp.swapaxes(array, 1, 2)
+                 for array in self._project_inputs(chunk))
       q, k = self._scale_inputs(q, k)
       return (feature_fn(q, *feature_args).values,
               feature_fn(k, *feature_args), v)
 
     def output_fn(attended, index):
+      attended = jnp.swapaxes(attended, 1, 2)
       if drop:
         attended = self._drop(attended, jax.random.fold_in(rng, index))
       return self._project_output(attended)

@@ -240,40 +240,58 @@ def _causal_chunk(state, chunk):
   Returns:
     (new state, outputs of shape [B, C, H, dv]).
   """
+  state, out = _causal_chunk_heads_first(
+      state, tuple(jnp.swapaxes(array, 1, 2) for array in chunk))
+  return state, jnp.swapaxes(out, 1, 2)
+
+
+def _causal_chunk_heads_first(state, chunk):
+  """Attend one chunk of C positions laid out heads first.
+
+  The head axis comes before the position axis, so that every product below
+  is a batched matrix product over (batch, head) without transposes.
+
+  Args:
+    state: `CausalState` over all earlier chunks.
+    chunk: (q, k, v, c) of shapes [B, H, C, m], [B, H, C, m], [B, H, C, dv]
+      and [B, H, C], where c is the key log scale.
+
+  Returns:
+    (new state, outputs of shape [B, H, C, dv]).
+  """
   q, k, v, c = chunk
-  chunk_size = q.shape[1]
-  previous_max = state.max_log_scale[:, None, :]
+  chunk_size = q.shape[2]
+  previous_max = state.max_log_scale[:, :, None]
 
   # m_i = max(M_prev, max_{j <= i in chunk} c_j), the reference of query i.
-  running_max = jnp.maximum(previous_max, jax.lax.cummax(c, axis=1))
+  running_max = jnp.maximum(previous_max, jax.lax.cummax(c, axis=2))
 
   # Earlier chunks: S and z are stored relative to M_prev, so relative to m_i
   # they carry the factor exp(M_prev - m_i) <= 1.
   carry_decay = jnp.exp(previous_max - running_max)
-  numerator = jnp.einsum('bchm,bhmd->bchd', q, state.kv_sum)
+  numerator = jnp.einsum('bhcm,bhmd->bhcd', q, state.kv_sum)
   numerator = numerator * carry_decay[..., None]
-  denominator = jnp.einsum('bchm,bhm->bch', q, state.k_sum) * carry_decay
+  denominator = jnp.einsum('bhcm,bhm->bhc', q, state.k_sum) * carry_decay
 
   # This chunk: weight_ij = phi(q_i) . values(k_j) exp(c_j - m_i) for j <= i.
   # The where runs before exp so that keys j > i never produce inf.
   is_causal = jnp.tril(jnp.ones((chunk_size, chunk_size), dtype=bool))
-  key_exponent = (jnp.swapaxes(c, 1, 2)[:, :, None, :] -
-                  jnp.swapaxes(running_max, 1, 2)[:, :, :, None])
+  key_exponent = c[:, :, None, :] - running_max[:, :, :, None]
   key_factor = jnp.exp(jnp.where(is_causal, key_exponent, -jnp.inf))
-  scores = jnp.einsum('bihm,bjhm->bhij', q, k)
+  scores = jnp.einsum('bhim,bhjm->bhij', q, k)
   weights = jnp.where(is_causal, scores * key_factor, 0)
-  numerator = numerator + jnp.einsum('bhij,bjhd->bihd', weights, v)
-  denominator = denominator + jnp.swapaxes(jnp.sum(weights, axis=-1), 1, 2)
+  numerator = numerator + jnp.einsum('bhij,bhjd->bhid', weights, v)
+  denominator = denominator + jnp.sum(weights, axis=-1)
   out = numerator / _safe_denominator(denominator)[..., None]
 
   # New state relative to M_new = m at the last position of the chunk:
   # S_new = S exp(M_prev - M_new) + sum_j exp(c_j - M_new) values(k_j) v_j^T.
-  new_max = running_max[:, -1, :]
+  new_max = running_max[:, :, -1]
   state_decay = jnp.exp(state.max_log_scale - new_max)
-  weighted_k = k * jnp.exp(c - new_max[:, None, :])[..., None]
+  weighted_k = k * jnp.exp(c - new_max[:, :, None])[..., None]
   kv_sum = (state.kv_sum * state_decay[..., None, None] +
-            jnp.einsum('bchm,bchd->bhmd', weighted_k, v))
-  k_sum = state.k_sum * state_decay[..., None] + jnp.sum(weighted_k, axis=1)
+            jnp.einsum('bhcm,bhcd->bhmd', weighted_k, v))
+  k_sum = state.k_sum * state_decay[..., None] + jnp.sum(weighted_k, axis=2)
   return CausalState(kv_sum, k_sum, new_max), out
 
 
@@ -455,18 +473,20 @@ def causal_linear_attention_of_chunks(state, inputs, features_fn,
       sequence.
     inputs: a pytree of arrays of shape [batch, length, ...].
     features_fn: function (chunk, valid, index) -> (q_features, k_features,
-      v). chunk is `inputs` cut to [batch, C, ...], valid the [batch, C]
-      bool mask of keys to attend to (False at masked keys and at the
-      padding after the last position), index the chunk number. It returns
-      query feature values [batch, C, heads, m], key `features.Features`
-      (values [batch, C, heads, m], log_scale [batch, C, heads]) and values
-      [batch, C, heads, depth_v]. Masked keys may map to any features, inf
+      v), all laid out heads first. chunk is `inputs` cut to
+      [batch, C, ...], valid the [batch, C] bool mask of keys to attend to
+      (False at masked keys and at the padding after the last position),
+      index the chunk number. It returns query feature values
+      [batch, heads, C, m], key `features.Features` (values
+      [batch, heads, C, m], log_scale [batch, heads, C]) and values
+      [batch, heads, C, depth_v]. Masked keys may map to any features, inf
       and nan included: they are zeroed here. Inputs that can hold inf or
       nan at masked keys should be zeroed in features_fn with `valid`, so
       that no nan reaches a gradient.
     output_fn: optional function (out, index) -> pytree of arrays
-      [batch, C, ...], applied to the attention output [batch, C, heads,
-      depth_v] (in the dtype of v) of each chunk. None returns the outputs.
+      [batch, C, ...], applied to the attention output [batch, heads, C,
+      depth_v] (in the dtype of v) of each chunk. None returns the outputs
+      as [batch, C, heads, depth_v].
     chunk_size: positive int, the number of positions per scan step. A
       length that is not a multiple is padded with zeros at the end.
     key_mask: optional bool array of shape [batch, length]. False marks a
@@ -510,7 +530,7 @@ def causal_linear_attention_of_chunks(state, inputs, features_fn,
   q_shape, k_shape, v_shape = jax.eval_shape(
       features_fn, jax.tree_util.tree_map(first_chunk, inputs),
       jnp.ones((batch, chunk_size), bool), jnp.zeros((), jnp.int32))
-  n_heads, n_features = k_shape.values.shape[2:]
+  _, n_heads, _, n_features = k_shape.values.shape
   depth_v = v_shape.shape[-1]
   dtype = _compute_dtype(q_shape, k_shape.values, v_shape)
   expected = (
@@ -534,12 +554,14 @@ def causal_linear_attention_of_chunks(state, inputs, features_fn,
     log_scale = jax.lax.stop_gradient(jnp.broadcast_to(
         k_features.log_scale, k_features.values.shape[:3]).astype(dtype))
     k_values, v_kept, log_scale = _remove_masked_keys(
-        valid[..., None], k_features.values.astype(dtype), v.astype(dtype),
+        valid[:, None, :], k_features.values.astype(dtype), v.astype(dtype),
         log_scale)
-    carry, out = _causal_chunk(
+    carry, out = _causal_chunk_heads_first(
         carry, (q_values.astype(dtype), k_values, v_kept, log_scale))
     out = out.astype(v.dtype)
-    return carry, (out if output_fn is None else output_fn(out, index))
+    if output_fn is None:
+      return carry, jnp.swapaxes(out, 1, 2)
+    return carry, output_fn(out, index)
 
   if length == 0:
     outputs = jax.eval_shape(
@@ -623,9 +645,9 @@ def causal_linear_attention_of_inputs(state, q, k, v, feature_fn,
 
   def features_fn(chunk, valid, index):
     del index
-    q_chunk, k_chunk, v_chunk = chunk
-    k_chunk = jnp.where(valid[..., None, None], k_chunk, 0)
-    v_chunk = jnp.where(valid[..., None, None], v_chunk, 0)
+    q_chunk, k_chunk, v_chunk = (jnp.swapaxes(array, 1, 2) for array in chunk)
+    k_chunk = jnp.where(valid[:, None, :, None], k_chunk, 0)
+    v_chunk = jnp.where(valid[:, None, :, None], v_chunk, 0)
     return (feature_fn(q_chunk, *feature_args).values,
             feature_fn(k_chunk, *feature_args), v_chunk)
 
