@@ -62,6 +62,15 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Mode sample: seed of the draws.')
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, "Local dataset directory; overrides the config's "
     'data_dir.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Several hosts: host:port of the first '
+    "host's JAX coordinator. Give it with --num_processes and --process_id "
+    'on every host, each host with the same other flags.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Several hosts: number of hosts (processes).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Several hosts: index of this host, from 0; host 0 '
+    'writes the checkpoints and results.')
 
 
 def _check_sample_flags():
@@ -79,6 +88,23 @@ def _check_sample_flags():
   if _TOP_K.value < 0:
     raise config.ConfigError(
         f'--top_k must be >= 0 (0 keeps every token), got {_TOP_K.value}.')
+
+
+def _check_host_flags():
+  """Raise ConfigError unless the several-host flags are all given or none."""
+  values = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if all(value is None for value in values):
+    return False
+  if any(value is None for value in values):
+    raise config.ConfigError(
+        '--coordinator_address, --num_processes and --process_id go '
+        'together: give all three on every host, or none on one host.')
+  if _NUM_PROCESSES.value < 1 or not (
+      0 <= _PROCESS_ID.value < _NUM_PROCESSES.value):
+    raise config.ConfigError(
+        f'--process_id must be in [0, --num_processes), got --process_id '
+        f'{_PROCESS_ID.value} with --num_processes {_NUM_PROCESSES.value}.')
+  return True
 
 
 def main(argv):
@@ -103,10 +129,16 @@ def main(argv):
         'npz files.')
   if _MODE.value == 'sample':
     _check_sample_flags()
+  several_hosts = _check_host_flags()
   output_dir = os.path.abspath(os.path.expanduser(_OUTPUT_DIR.value))
   config.ensure_writable_dir(output_dir)
 
   # pylint: disable=import-outside-toplevel
+  if several_hosts:
+    # JAX's distributed runtime must start before any other JAX call.
+    from favor_trax.training import distributed
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
   from tasks import experiment
   from tasks import sampling
   # pylint: enable=import-outside-toplevel

@@ -130,6 +130,11 @@ def _write_operative_config(output_dir):
   os.replace(path + '.tmp', path)
 
 
+# The sample corpus lives in a new temporary directory per run, so results
+# name it by this fixed description rather than by its path.
+SAMPLE_CORPUS_SOURCE = 'bundled sample corpus (Python reference text)'
+
+
 def _warn_on_other_data_source(output_dir, data_source):
   """Warn when earlier results in output_dir came from another corpus."""
   path = os.path.join(output_dir, RESULTS_FILE)
@@ -396,6 +401,11 @@ def run_experiment(output_dir,
     corpus.prepare_vocabulary(output_dir)
   model_fn = functools.partial(model_fn,
                                vocab_size=corpus.vocabulary.vocab_size)
+  try:
+    model_fn(mode='eval')
+  except ValueError as error:
+    raise config.ConfigError(
+        f'The model cannot be built from the gin bindings: {error}') from error
   if eval_config.mode == 'streaming' and hasattr(corpus, 'book_token_counts'):
     _check_streaming(model_fn, corpus, eval_splits, eval_window)
   eval_batch_size = eval_batch_size or batch_size
@@ -450,7 +460,8 @@ def run_experiment(output_dir,
   is_sample_corpus = getattr(corpus, 'is_sample_corpus', False)
   results = {
       'step': int(loop.step),
-      'data_source': corpus.source.describe(),
+      'data_source': (SAMPLE_CORPUS_SOURCE if is_sample_corpus
+                      else corpus.source.describe()),
       'is_sample_corpus': is_sample_corpus,
       'init_checkpoint': transfer,
       'splits': [

@@ -21,8 +21,10 @@ Example:
   inputs, targets, weights = next(train)   # each of shape [8, 4096]
 """
 
+import atexit
 import dataclasses
 import pathlib
+import shutil
 import tempfile
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -88,7 +90,7 @@ class Pg19Corpus:
       vocabulary: maps text to ids. Defaults to `ByteVocabulary()`.
       demo_dir: new or empty directory for the sample corpus, used only when
         neither data_dir nor tfds_data_dir is given. Defaults to a new
-        temporary directory.
+        temporary directory, removed when the process exits.
       shuffle_buffer_books: books whose windows the training stream shuffles
         together. Memory grows with it, because each buffered book is held
         as int32 ids, 4 bytes per token.
@@ -118,7 +120,9 @@ class Pg19Corpus:
     elif data_dir is not None:
       self.source = pg19_sources.LocalPg19Source(data_dir)
     else:
-      demo_dir = demo_dir or tempfile.mkdtemp(prefix='pg19_sample_')
+      if demo_dir is None:
+        demo_dir = tempfile.mkdtemp(prefix='pg19_sample_')
+        atexit.register(shutil.rmtree, demo_dir, ignore_errors=True)
       self.source = pg19_sources.LocalPg19Source(
           demo_corpus.write_demo_corpus(demo_dir))
 

@@ -151,6 +151,21 @@ def test_bad_eval_stride_is_one_line_error(tmp_path, corpus_dir):
           in result.stderr)
 
 
+def test_bad_model_binding_is_config_error(tmp_path, corpus_dir):
+  with pytest.raises(config.ConfigError,
+                     match='chunk_size must be a positive int, got 0'):
+    _run(tmp_path, corpus_dir, n_steps=1,
+         extra=['favor_trax.FavorAttention.chunk_size = 0'])
+
+
+def test_sample_corpus_results_name_no_temporary_path(tmp_path):
+  gin.clear_config()
+  config.parse_gin([], TINY_BINDINGS + ['run_experiment.n_steps = 1'])
+  results = experiment.run_experiment(output_dir=str(tmp_path), mode='train')
+  assert results['is_sample_corpus']
+  assert results['data_source'] == experiment.SAMPLE_CORPUS_SOURCE
+
+
 def test_missing_data_dir_fails(tmp_path):
   missing = tmp_path / 'no_such_pg19'
   with pytest.raises(pg19.DataError, match=str(missing)):
