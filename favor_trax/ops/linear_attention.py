@@ -118,6 +118,27 @@ def _validate_key_mask(key_mask, expected_shape, name):
         f'{key_mask.shape}.')
 
 
+def _validate_state(state, batch, n_heads, n_features, depth_v):
+  """Raise ValueError unless the sums of `state` fit the features and values."""
+  expected = (
+      ('kv_sum', (batch, n_heads, n_features, depth_v)),
+      ('k_sum', (batch, n_heads, n_features)),
+      ('max_log_scale', (batch, n_heads)),
+  )
+  for name, shape in expected:
+    found = getattr(state, name).shape
+    if found != shape:
+      raise ValueError(
+          f'state.{name} must have shape {shape} to match the features and '
+          f'values, got shape {found}.')
+
+
+def _validate_chunk_size(chunk_size):
+  """Raise ValueError unless chunk_size is a positive int."""
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+
+
 def _remove_masked_keys(key_mask, k_features, v, log_scale):
   """Zero the features and values of masked keys and set their scale to -inf.
 
@@ -330,8 +351,7 @@ def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
         f'causal attention needs equal query and key lengths, got '
         f'q_features of shape {q_features.shape} and k_features of shape '
         f'{k_features.shape}.')
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_chunk_size(chunk_size)
   _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
 
   length = k_features.shape[1]
@@ -383,21 +403,10 @@ def causal_linear_attention_with_state(state, q_features, k_features, v,
         f'causal attention needs equal query and key lengths, got '
         f'q_features of shape {q_features.shape} and k_features of shape '
         f'{k_features.shape}.')
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_chunk_size(chunk_size)
   _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
   batch, length, n_heads, n_features = k_features.shape
-  expected = (
-      ('kv_sum', (batch, n_heads, n_features, v.shape[-1])),
-      ('k_sum', (batch, n_heads, n_features)),
-      ('max_log_scale', (batch, n_heads)),
-  )
-  for name, shape in expected:
-    found = getattr(state, name).shape
-    if found != shape:
-      raise ValueError(
-          f'state.{name} must have shape {shape} to match the features and '
-          f'values, got shape {found}.')
+  _validate_state(state, batch, n_heads, n_features, v.shape[-1])
 
   if length == 0:
     return state, jnp.zeros(v.shape, v.dtype)
@@ -507,8 +516,7 @@ def causal_linear_attention_of_chunks(state, inputs, features_fn,
         f'every input must have shape [batch, length, ...] = '
         f'[{batch}, {length}, ...], got shapes '
         f'{[leaf.shape for leaf in leaves]}.')
-  if not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}.')
+  _validate_chunk_size(chunk_size)
   _validate_key_mask(key_mask, (batch, length), '[batch, length]')
   if key_mask is None:
     key_mask = jnp.ones((batch, length), dtype=bool)
@@ -533,19 +541,9 @@ def causal_linear_attention_of_chunks(state, inputs, features_fn,
   _, n_heads, _, n_features = k_shape.values.shape
   depth_v = v_shape.shape[-1]
   dtype = _compute_dtype(q_shape, k_shape.values, v_shape)
-  expected = (
-      ('kv_sum', (batch, n_heads, n_features, depth_v)),
-      ('k_sum', (batch, n_heads, n_features)),
-      ('max_log_scale', (batch, n_heads)),
-  )
   if state is None:
     state = init_causal_state(batch, n_heads, n_features, depth_v, dtype)
-  for name, shape in expected:
-    found = getattr(state, name).shape
-    if found != shape:
-      raise ValueError(
-          f'state.{name} must have shape {shape} to match the features and '
-          f'values, got shape {found}.')
+  _validate_state(state, batch, n_heads, n_features, depth_v)
   state_dtype = state.kv_sum.dtype
 
   def attend_chunk(carry, chunk):

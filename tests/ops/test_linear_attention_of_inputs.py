@@ -220,7 +220,7 @@ def test_bfloat16_inputs_sum_in_float32():
 def test_backward_stores_no_feature_map():
   # One [batch, length, heads, m] float32 feature map is 8 MiB here, and
   # q, k and v are 16 times smaller. The scan over precomputed features
-  # keeps several feature maps for the backward pass; computing features
+  # keeps several feature maps for the backward pass. Computing features
   # per chunk keeps copies of q, k and v only.
   batch, length, heads, depth, n_rows = 1, 4096, 2, 16, 256
   q, k, v, projection = _problem(10, batch, length, heads, depth, depth,
