@@ -344,10 +344,11 @@ class FavorAttention(base.Layer):
     return q * input_scale, k * input_scale
 
   def _feature_fn_and_args(self, projection):
-    """Return (feature_fn, feature_args) of a kernel with a fixed rho.
+    """Return the layer's feature map and the arguments after x it takes.
 
-    Causal attention maps each position alone, so FAVOR++ gets its fixed
-    rho here, never one computed from the sequence.
+    The arguments are the projection, and for FAVOR++ also the fixed rho:
+    causal attention maps each position alone, so it never uses a rho
+    computed from the sequence.
     """
     kernel = KERNELS[self._kernel]
     if kernel.takes_rho:
