@@ -27,7 +27,15 @@ def _batch():
   return tokens, tokens, np.ones((2, 4), np.float32)
 
 
+def _clear_jit_caches():
+  # A jitted function counts its compilations in JAX's process-wide fast-path
+  # cache, which holds 8,192 functions. Once earlier code has filled it with
+  # live functions, new ones get no entries and `_cache_size()` stays 0.
+  jax.clear_caches()
+
+
 def _compilations_after_three_steps(one_step):
+  _clear_jit_caches()
   trainer = _trainer()
   for step in range(3):
     one_step(trainer, _batch(), jax.random.PRNGKey(step), step=step)
@@ -68,6 +76,7 @@ def _reversible_trainer():
 
 def _reversible_compilations_after_three_steps(one_step):
   """Return (compilations, functions) of the trainer's per-layer functions."""
+  _clear_jit_caches()
   trainer = _reversible_trainer()
   for step in range(3):
     one_step(trainer, _batch(), jax.random.PRNGKey(step), step=step)
