@@ -16,6 +16,7 @@ import time
 from absl import logging
 import gin
 import jax
+import numpy as np
 from trax import layers as tl
 from trax import shapes
 
@@ -29,6 +30,7 @@ from tasks import evaluation
 from tasks import metrics
 from tasks import pg19
 from tasks import sampling
+from tasks import windows
 
 RESULTS_FILE = 'eval_results.json'
 
@@ -84,6 +86,19 @@ def _check_streaming(model_fn, corpus, eval_splits, window):
   for split in eval_splits:
     evaluation.check_books_fit(predict_model, corpus.book_token_counts(split),
                                window)
+
+
+def _shape_batches(corpus, mode, batch_size, sequence_length, seed):
+  """Return batches of the training shape for building the training loop.
+
+  In eval mode the loop only restores the checkpoint, so its one batch is
+  padding and no training data is read.
+  """
+  if mode == 'eval':
+    padding = windows.make_window(np.zeros(0, np.int32), 0, sequence_length,
+                                  corpus.vocabulary.pad_id)
+    return iter([windows.stack_windows([padding] * batch_size)])
+  return corpus.train_stream(batch_size, sequence_length, seed)
 
 
 def _host_batches_fn(batch_size, eval_batch_size):
@@ -429,8 +444,8 @@ def run_experiment(output_dir,
   periodic_eval_batches = itertools.cycle(host_batches(
       itertools.islice(corpus.eval_stream(eval_splits[0], eval_batch_size,
                                           sequence_length), 16)))
-  sample_batch = next(host_batches(
-      corpus.train_stream(batch_size, sequence_length, seed)))
+  sample_batch = next(host_batches(_shape_batches(
+      corpus, mode, batch_size, sequence_length, seed)))
   loop = loop_lib.make_loop(
       model_fn, train_batches, periodic_eval_batches, sample_batch, output_dir,
       total_steps=n_steps, tokens_per_step=batch_size * sequence_length,

@@ -103,8 +103,8 @@ def differences(layer, stored):
     stored: {name: array}, as returned by `read`.
 
   Returns:
-    A sorted list of lines such as '3/1/w0: shape (64, 32) here, (64, 16)
-    stored', empty when every name and shape agrees.
+    A sorted list of lines such as '3/1/w0: shape (64, 32) in the model,
+    (64, 16) in the checkpoint', empty when every name and shape agrees.
   """
   model_shapes = {name: tuple(array.shape)
                   for name, array in named_weights(layer).items()}
@@ -112,13 +112,15 @@ def differences(layer, stored):
   lines = []
   for name in sorted(set(model_shapes) | set(stored_shapes)):
     if name not in stored_shapes:
-      lines.append(f'{name}: shape {model_shapes[name]} here, not stored')
+      lines.append(f'{name}: shape {model_shapes[name]} in the model, '
+                   'missing from the checkpoint')
     elif name not in model_shapes:
       lines.append(
-          f'{name}: not in this model, shape {stored_shapes[name]} stored')
+          f'{name}: missing from the model, shape {stored_shapes[name]} '
+          'in the checkpoint')
     elif model_shapes[name] != stored_shapes[name]:
-      lines.append(f'{name}: shape {model_shapes[name]} here, '
-                   f'{stored_shapes[name]} stored')
+      lines.append(f'{name}: shape {model_shapes[name]} in the model, '
+                   f'{stored_shapes[name]} in the checkpoint')
   return lines
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -119,10 +120,24 @@ def test_eval_without_checkpoint_fails(tmp_path, corpus_dir):
     _run(tmp_path, corpus_dir, n_steps=1, mode='eval')
 
 
+def test_eval_reads_no_training_books(tmp_path, corpus_dir):
+  trained = _run(tmp_path / 'run', corpus_dir, n_steps=1)
+  without_train = tmp_path / 'no_train'
+  shutil.copytree(corpus_dir, without_train)
+  for book in (without_train / 'train').iterdir():
+    book.unlink()
+
+  evaluated = _run(tmp_path / 'run', without_train, n_steps=1, mode='eval')
+
+  assert (evaluated['splits'][0]['nll_per_token'] ==
+          trained['splits'][0]['nll_per_token'])
+
+
 def test_eval_with_another_model_fails(tmp_path, corpus_dir):
   _run(tmp_path, corpus_dir, n_steps=1)
-  for extra, name in ((['PerformerLM.n_layers = 2'], 'not stored'),
-                      (['PerformerLM.d_ff = 48'], '(32, 64) stored')):
+  for extra, name in (
+      (['PerformerLM.n_layers = 2'], 'missing from the checkpoint'),
+      (['PerformerLM.d_ff = 48'], '(32, 64) in the checkpoint')):
     with pytest.raises(config.ConfigError,
                        match='trained with another model') as raised:
       _run(tmp_path, corpus_dir, n_steps=1, mode='eval', extra=extra)
