@@ -20,7 +20,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import gin
 
 # Only light modules load before the flags and files are checked, so a bad
 # input fails in seconds; JAX, TensorFlow and Trax load in main().

@@ -27,7 +27,6 @@ kernel.
 """
 
 import argparse
-import csv
 import pathlib
 import statistics
 import sys
@@ -42,6 +41,7 @@ if str(REPOSITORY_ROOT) not in sys.path:
   sys.path.insert(0, str(REPOSITORY_ROOT))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import csv_records
 from favor_trax.ops import exact
 from favor_trax.ops import features
 from favor_trax.ops import linear_attention
@@ -242,18 +242,6 @@ def _measure_input_scale(args, input_std):
   return records
 
 
-def write_csv(records, path):
-  with open(path, 'w', newline='') as csv_file:
-    writer = csv.DictWriter(csv_file, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(records)
-
-
-def read_csv(path):
-  with open(path, newline='') as csv_file:
-    return list(csv.DictReader(csv_file))
-
-
 def plot(records, path):
   """Draw mean relative error against m on log-log axes, a panel per scale."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -336,14 +324,13 @@ def main(argv=None):
   args = parse_args(argv)
   logging.set_verbosity(logging.INFO)
   if args.from_csv is not None:
-    records = read_csv(args.from_csv)
+    records = csv_records.read_csv(args.from_csv)
   else:
     # The reference runs in float64. The estimates run in the dtype of their
     # inputs and projections, --estimate-dtype.
     jax.config.update('jax_enable_x64', True)
     records = measure(args)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(records, args.csv)
+    csv_records.write_csv(records, args.csv, FIELDS)
     logging.info('Wrote %s', args.csv)
   args.figure.parent.mkdir(parents=True, exist_ok=True)
   plot(records, args.figure)

@@ -16,17 +16,22 @@ Writes benchmarks/results/attention_kinds.csv and prints a Markdown table.
 """
 
 import argparse
-import csv
+import functools
 import json
-import os
 import pathlib
 import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import csv_records  # pylint: disable=wrong-import-position
+
+FIELDS = ['kind', 'length', 'status', 'step_seconds', 'peak_rss_mib',
+          'baseline_rss_mib']
 KINDS = ['favor_softmax', 'favor_relu', 'dot_product', 'local', 'lsh', 'none']
 
 
@@ -48,10 +53,9 @@ def _parse_args():
 
 def _measure_point(kind, length, steps):
   """Train `steps` + 1 steps at this length; print one JSON line."""
-  sys.path.insert(0, str(REPO_ROOT))
   import gin  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from benchmarks import loop_timing  # pylint: disable=import-outside-toplevel
   from favor_trax.models import performer_lm  # pylint: disable=import-outside-toplevel
   from favor_trax.training import config  # pylint: disable=import-outside-toplevel
   from favor_trax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
@@ -61,12 +65,7 @@ def _measure_point(kind, length, steps):
   config.parse_gin([str(REPO_ROOT / 'gin' / 'pg19' / 'demo.gin'),
                     str(REPO_ROOT / 'gin' / 'attention' / f'{kind}.gin')],
                    [f'PerformerLM.max_len = {length}'])
-  rng = np.random.default_rng(0)
-
-  def batches():
-    while True:
-      tokens = rng.integers(2, 258, size=(1, length)).astype(np.int32)
-      yield tokens, tokens, np.ones_like(tokens, dtype=np.float32)
+  batches = functools.partial(loop_timing.random_token_batches, length, 258)
 
   model_fn = lambda mode: performer_lm.PerformerLM(vocab_size=258, mode=mode)  # pylint: disable=unnecessary-lambda-assignment
   baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -75,15 +74,7 @@ def _measure_point(kind, length, steps):
         model_fn, batches(), batches(), next(batches()), output_dir,
         total_steps=steps + 1, tokens_per_step=length)
     gin.clear_config()
-    loop.run(1)
-    jax.block_until_ready(loop.model.weights)
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      loop.run(1)
-      # JAX dispatches asynchronously, so a step ends when its weights exist.
-      jax.block_until_ready(loop.model.weights)
-      times.append(time.perf_counter() - start)
+    times = loop_timing.time_loop_steps(loop, steps)
   peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   print(json.dumps({
       'kind': kind, 'length': length, 'status': 'ok',
@@ -126,13 +117,7 @@ def main():
       if row['status'] != 'ok':
         break  # Longer sequences would fail the same way.
 
-  os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-  fields = ['kind', 'length', 'status', 'step_seconds', 'peak_rss_mib',
-            'baseline_rss_mib']
-  with open(args.csv, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
+  csv_records.write_csv(rows, args.csv, FIELDS)
 
   print('\n| kind | L | step time (s) | peak RSS (MiB) |')
   print('|---|---|---|---|')

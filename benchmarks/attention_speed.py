@@ -34,7 +34,6 @@ or that fails, with its status, and it does not run larger L for that method.
 """
 
 import argparse
-import csv
 import functools
 import json
 import math
@@ -57,6 +56,7 @@ if str(REPOSITORY_ROOT) not in sys.path:
   sys.path.insert(0, str(REPOSITORY_ROOT))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import csv_records
 from favor_trax.ops import exact
 from favor_trax.ops import features
 from favor_trax.ops import linear_attention
@@ -478,25 +478,12 @@ def run_driver(args):
                    method, length, record['status'], record['time_median_s'],
                    record['rss_run_delta_mib'], record['note'])
 
-  args.csv.parent.mkdir(parents=True, exist_ok=True)
-  write_csv(records, args.csv)
+  csv_records.write_csv(records, args.csv, FIELDS)
   logging.info('Wrote %s', args.csv)
   args.figure.parent.mkdir(parents=True, exist_ok=True)
   plot(records, args.figure)
   logging.info('Wrote %s', args.figure)
   print(summarize(records))
-
-
-def write_csv(records, path):
-  with open(path, 'w', newline='') as csv_file:
-    writer = csv.DictWriter(csv_file, fieldnames=FIELDS)
-    writer.writeheader()
-    writer.writerows(records)
-
-
-def read_csv(path):
-  with open(path, newline='') as csv_file:
-    return list(csv.DictReader(csv_file))
 
 
 def _ok_points(records, method, field):
@@ -679,7 +666,7 @@ def main(argv=None):
     return
   logging.set_verbosity(logging.INFO)
   if args.from_csv is not None:
-    records = read_csv(args.from_csv)
+    records = csv_records.read_csv(args.from_csv)
     plot(records, args.figure)
     print(summarize(records))
     return

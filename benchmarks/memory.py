@@ -28,9 +28,8 @@ CSVs in benchmarks/results/ and prints the tables and target ratios.
 """
 
 import argparse
-import csv
+import functools
 import json
-import os
 import pathlib
 import resource
 import subprocess
@@ -39,6 +38,11 @@ import tempfile
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import csv_records  # pylint: disable=wrong-import-position
+
 RESULTS_DIR = REPO_ROOT / 'benchmarks' / 'results'
 FIGURES_DIR = REPO_ROOT / 'docs' / 'figures'
 VOCAB_SIZE = 258  # the byte-level vocabulary of tasks.vocabulary
@@ -86,11 +90,10 @@ def _parse_args():
 
 def _measure_point(point, steps):
   """Train one warm-up and `steps` timed steps; print one JSON line."""
-  sys.path.insert(0, str(REPO_ROOT))
   # pylint: disable=import-outside-toplevel
   import gin
-  import jax
   import numpy as np
+  from benchmarks import loop_timing
   from favor_trax.models import performer_lm
   from favor_trax.training import config
   from favor_trax.training import loop as loop_lib
@@ -108,12 +111,8 @@ def _measure_point(point, steps):
   config.parse_gin(
       [str(REPO_ROOT / 'gin' / 'attention' / f"{point['kind']}.gin")],
       bindings)
-  rng = np.random.default_rng(0)
-
-  def batches():
-    while True:
-      tokens = rng.integers(2, VOCAB_SIZE, size=(1, length)).astype(np.int32)
-      yield tokens, tokens, np.ones_like(tokens, dtype=np.float32)
+  batches = functools.partial(loop_timing.random_token_batches, length,
+                              VOCAB_SIZE)
 
   def model_fn(mode):
     return performer_lm.PerformerLM(vocab_size=VOCAB_SIZE, mode=mode)
@@ -127,15 +126,7 @@ def _measure_point(point, steps):
         steps_per_checkpoint=never, steps_per_eval=never,
         steps_per_log=never, use_memory_efficient_trainer=memory_efficient)
     gin.clear_config()
-    loop.run(1)
-    jax.block_until_ready(loop.model.weights)
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      loop.run(1)
-      # JAX dispatches asynchronously, so a step ends when its weights exist.
-      jax.block_until_ready(loop.model.weights)
-      times.append(time.perf_counter() - start)
+    times = loop_timing.time_loop_steps(loop, steps)
   peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   print(json.dumps({
       'status': 'ok',
@@ -202,12 +193,7 @@ def _run_point(point, args):
 
 
 def _append_row(path, row):
-  new_file = not path.exists()
-  with open(path, 'a', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore')
-    if new_file:
-      writer.writeheader()
-    writer.writerow(row)
+  csv_records.write_csv([row], path, FIELDS, append=True)
 
 
 def _run_depth(args):
@@ -247,8 +233,7 @@ def _read_rows(name):
   path = RESULTS_DIR / name
   if not path.exists():
     return []
-  with open(path, newline='', encoding='utf-8') as f:
-    return list(csv.DictReader(f))
+  return csv_records.read_csv(path)
 
 
 def _ok(row):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import gin
-import numpy as np
 import pytest
 
 from favor_trax import decoding
