@@ -20,7 +20,6 @@ Writes benchmarks/results/generation.csv and docs/figures/generation.png.
 """
 
 import argparse
-import csv
 import functools
 import pathlib
 import sys
@@ -94,13 +93,13 @@ def main():
   sys.path.insert(0, str(REPO_ROOT))
   seconds = _measure(args.max_position)
 
-  pathlib.Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-  with open(args.csv, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(['decoder', 'position', 'seconds'])
-    for decoder, values in seconds.items():
-      for position, value in enumerate(values):
-        writer.writerow([decoder, position, f'{value:.6f}'])
+  from benchmarks import csv_records  # pylint: disable=import-outside-toplevel
+  rows = []
+  for decoder, values in seconds.items():
+    for position, value in enumerate(values):
+      rows.append({'decoder': decoder, 'position': position,
+                   'seconds': f'{value:.6f}'})
+  csv_records.write_csv(rows, args.csv, ['decoder', 'position', 'seconds'])
 
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')

@@ -20,7 +20,6 @@ prints a table for docs/BENCHMARKS.md.
 """
 
 import argparse
-import csv
 import math
 import os
 import pathlib
@@ -32,6 +31,7 @@ import gin
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks import csv_records  # pylint: disable=wrong-import-position
 from favor_trax.training import config  # pylint: disable=wrong-import-position
 from tasks import experiment  # pylint: disable=wrong-import-position
 
@@ -139,11 +139,7 @@ def main():
   rows += _curve('favor+ from scratch', work_dir / 'scratch', args.data_dir,
                  'FavorAttention', finetune_steps)
 
-  os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-  with open(args.csv, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  csv_records.write_csv(rows, args.csv, list(rows[0]))
   _plot(rows, args.png, args.exact_steps)
 
   print('\n| run | steps of this run | validation loss (nats/token) | '
