@@ -28,9 +28,10 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from absl import logging
 import numpy as np
 
-from tasks import pg19_sources
+from tasks import data_error
+from tasks import prepared_tfds
 
-DataError = pg19_sources.DataError
+DataError = data_error.DataError
 
 SPLITS = ('train', 'validation')
 IMAGE_SHAPE = (64, 64, 3)
@@ -245,7 +246,7 @@ class LocalImagenet64Source:
         yield images[index]
 
 
-class TfdsImagenet64Source:
+class TfdsImagenet64Source(prepared_tfds.PreparedTfdsDataset):
   """Images of the TFDS dataset "downsampled_imagenet/64x64", prepared before.
 
   The dataset contains the PixelRNN release, whose validation split has 49,999
@@ -253,43 +254,13 @@ class TfdsImagenet64Source:
   """
 
   DATASET = 'downsampled_imagenet/64x64'
+  READER = 'ImageNet64'
+  LOCAL_COPY = 'a local copy of the npz release'
 
   def __init__(self, tfds_data_dir: PathLike,
                shuffle_buffer_images: int = 4096):
-    self.tfds_data_dir = pathlib.Path(tfds_data_dir)
     self.shuffle_buffer_images = shuffle_buffer_images
-    if not self.tfds_data_dir.is_dir():
-      raise DataError(
-          f'TFDS data directory not found: {self.tfds_data_dir}. Pass the '
-          f'data_dir in which tensorflow-datasets prepared "{self.DATASET}", '
-          'or pass data_dir for a local copy of the npz release.')
-
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    # pylint: enable=g-import-not-at-top
-
-    # TensorFlow would otherwise reserve GPU memory that JAX needs.
-    try:
-      tf.config.set_visible_devices([], 'GPU')
-    except RuntimeError:
-      logging.warning('TensorFlow was initialized before the ImageNet64 '
-                      'reader, so it may hold GPU memory that JAX cannot use.')
-
-    self._tfds = tfds
-    self.builder = tfds.builder(self.DATASET,
-                                data_dir=str(self.tfds_data_dir))
-    if not self.builder.is_prepared():
-      raise DataError(
-          f'The tensorflow-datasets dataset "{self.DATASET}" is not prepared '
-          f'in {self.tfds_data_dir} (no dataset at {self.builder.data_dir}). '
-          'Prepare it on a machine with network access with '
-          f'`tfds.builder("{self.DATASET}", data_dir=DIR)'
-          '.download_and_prepare()` and pass DIR, or pass data_dir for a '
-          'local copy of the npz release. This reader never downloads.')
-
-  def describe(self) -> str:
-    return f'TFDS dataset {self.DATASET} in {self.tfds_data_dir}'
+    super().__init__(tfds_data_dir)
 
   def num_images(self, split: str) -> int:
     """Return the image count of a split from the dataset info.
@@ -298,13 +269,7 @@ class TfdsImagenet64Source:
       DataError: the prepared dataset has no examples in the split.
     """
     check_split(split)
-    split_info = self.builder.info.splits.get(split)
-    if split_info is None or split_info.num_examples == 0:
-      raise DataError(
-          f'The {split} split of "{self.DATASET}" in {self.tfds_data_dir} is '
-          'missing or empty. Prepare the dataset again, or pass data_dir for '
-          'a local copy of the npz release.')
-    return split_info.num_examples
+    return self.num_examples(split)
 
   def iter_images(self, split: str,
                   shuffle_seed: Optional[int] = None) -> Iterator[np.ndarray]:
@@ -317,12 +282,8 @@ class TfdsImagenet64Source:
     Raises:
       DataError: an image is not 64x64 RGB.
     """
-    self.num_images(split)
-    shuffle_files = shuffle_seed is not None
-    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed)
-    dataset = self.builder.as_dataset(
-        split=split, shuffle_files=shuffle_files, read_config=read_config)
-    images = self._checked_images(self._tfds.as_numpy(dataset), split)
+    check_split(split)
+    images = self._checked_images(self.examples(split, shuffle_seed), split)
     if shuffle_seed is None:
       return images
     return _shuffle_buffered(images, self.shuffle_buffer_images,

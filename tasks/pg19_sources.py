@@ -31,6 +31,11 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from absl import logging
 import numpy as np
 
+from tasks import data_error
+from tasks import prepared_tfds
+
+DataError = data_error.DataError
+
 SPLITS = ('train', 'validation', 'test')
 
 # Number of ids that a warning about unmatched books lists before "...".
@@ -44,10 +49,6 @@ LAYOUT_HELP = (
     'deepmind/pg19) and as the tensorflow-datasets dataset "pg19"; pass the '
     'release directory as data_dir, or a prepared TFDS data directory as '
     'tfds_data_dir.')
-
-
-class DataError(ValueError):
-  """Missing or invalid input data. The message names the path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +246,7 @@ def read_books(data_dir: Union[str, pathlib.Path],
   return LocalPg19Source(data_dir).iter_books(split)
 
 
-class TfdsPg19Source:
+class TfdsPg19Source(prepared_tfds.PreparedTfdsDataset):
   """Books of the tensorflow-datasets dataset "pg19", prepared beforehand.
 
   This reader never downloads. Note that the TFDS builder strips leading and
@@ -253,39 +254,11 @@ class TfdsPg19Source:
   than the files of the release.
   """
 
-  def __init__(self, tfds_data_dir: Union[str, pathlib.Path]):
-    self.tfds_data_dir = pathlib.Path(tfds_data_dir)
-    if not self.tfds_data_dir.is_dir():
-      raise DataError(
-          f'TFDS data directory not found: {self.tfds_data_dir}. Pass the '
-          'data_dir in which tensorflow-datasets prepared "pg19", or pass '
-          f'data_dir for a local copy instead. {LAYOUT_HELP}')
-
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    # pylint: enable=g-import-not-at-top
-
-    # TensorFlow would otherwise reserve GPU memory that JAX needs.
-    try:
-      tf.config.set_visible_devices([], 'GPU')
-    except RuntimeError:
-      logging.warning('TensorFlow was initialized before the PG-19 reader, '
-                      'so it may hold GPU memory that JAX cannot use.')
-
-    self._tfds = tfds
-    self.builder = tfds.builder('pg19', data_dir=str(self.tfds_data_dir))
-    if not self.builder.is_prepared():
-      raise DataError(
-          f'The tensorflow-datasets dataset "pg19" is not prepared in '
-          f'{self.tfds_data_dir} (no dataset at {self.builder.data_dir}). '
-          'Prepare it on a machine with network access with '
-          '`tfds.builder("pg19", data_dir=DIR).download_and_prepare()` and '
-          'pass DIR, or pass data_dir for a local copy of the DeepMind PG-19 '
-          'release (github deepmind/pg19). This reader never downloads.')
-
-  def describe(self) -> str:
-    return f'TFDS dataset pg19 in {self.tfds_data_dir}'
+  DATASET = 'pg19'
+  READER = 'PG-19'
+  LOCAL_COPY = ('a local copy of the DeepMind PG-19 release (github '
+                'deepmind/pg19)')
+  LAYOUT_HELP = LAYOUT_HELP
 
   def iter_books(
       self, split: str,
@@ -299,19 +272,8 @@ class TfdsPg19Source:
       DataError: the prepared dataset has no examples in the split.
     """
     check_split(split)
-    split_info = self.builder.info.splits.get(split)
-    if split_info is None or split_info.num_examples == 0:
-      raise DataError(
-          f'The {split} split of "pg19" in {self.tfds_data_dir} is missing or '
-          'empty. Prepare the dataset again, or pass data_dir for a local '
-          'copy of PG-19.')
-
-    shuffle_files = shuffle_seed is not None
-    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed)
-    dataset = self.builder.as_dataset(
-        split=split, shuffle_files=shuffle_files, read_config=read_config)
     location = f'{split} split of {self.describe()}'
-    for example in self._tfds.as_numpy(dataset):
+    for example in self.examples(split, shuffle_seed):
       book_id = str(int(example['book_id']))
       text = decode_book(example['book_text'], book_id, location)
       if not is_empty_book(text, book_id, location):
