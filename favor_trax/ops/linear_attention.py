@@ -316,6 +316,19 @@ def _causal_chunk_heads_first(state, chunk):
   return CausalState(kv_sum, k_sum, new_max), out
 
 
+def _validate_causal_features(q_features, k_features, v, key_log_scale,
+                              chunk_size, key_mask):
+  """Raise ValueError unless the arguments fit one causal pass."""
+  _validate_features(q_features, k_features, v, key_log_scale)
+  if q_features.shape[1] != k_features.shape[1]:
+    raise ValueError(
+        f'causal attention needs equal query and key lengths, got '
+        f'q_features of shape {q_features.shape} and k_features of shape '
+        f'{k_features.shape}.')
+  _validate_chunk_size(chunk_size)
+  _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
+
+
 def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
                             chunk_size=DEFAULT_CHUNK_SIZE, key_mask=None):
   """Compute causal linear attention: query i attends to keys j <= i.
@@ -345,14 +358,8 @@ def causal_linear_attention(q_features, k_features, v, key_log_scale=None,
   Returns:
     Array of shape [batch, length, heads, depth_v] in the dtype of v.
   """
-  _validate_features(q_features, k_features, v, key_log_scale)
-  if q_features.shape[1] != k_features.shape[1]:
-    raise ValueError(
-        f'causal attention needs equal query and key lengths, got '
-        f'q_features of shape {q_features.shape} and k_features of shape '
-        f'{k_features.shape}.')
-  _validate_chunk_size(chunk_size)
-  _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
+  _validate_causal_features(q_features, k_features, v, key_log_scale,
+                            chunk_size, key_mask)
 
   length = k_features.shape[1]
   if length == 0:
@@ -397,14 +404,8 @@ def causal_linear_attention_with_state(state, q_features, k_features, v,
     of shape [batch, length, heads, depth_v] in the dtype of v). The sums
     keep the dtype of `state`.
   """
-  _validate_features(q_features, k_features, v, key_log_scale)
-  if q_features.shape[1] != k_features.shape[1]:
-    raise ValueError(
-        f'causal attention needs equal query and key lengths, got '
-        f'q_features of shape {q_features.shape} and k_features of shape '
-        f'{k_features.shape}.')
-  _validate_chunk_size(chunk_size)
-  _validate_key_mask(key_mask, k_features.shape[:2], '[batch, length]')
+  _validate_causal_features(q_features, k_features, v, key_log_scale,
+                            chunk_size, key_mask)
   batch, length, n_heads, n_features = k_features.shape
   _validate_state(state, batch, n_heads, n_features, v.shape[-1])
 

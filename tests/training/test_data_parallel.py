@@ -18,45 +18,29 @@ import sys
 import numpy as np
 import pytest
 
+import toy_lm  # pylint: disable=wrong-import-order
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
-VOCAB = 40
-BATCH = 4
-LENGTH = 16
-N_STEPS = 5
 TRAINERS = {'standard': False, 'memory_efficient': True}
 
 
-def _batches(seed):
-  rng = np.random.default_rng(seed)
-  while True:
-    tokens = rng.integers(2, VOCAB, size=(BATCH, LENGTH)).astype(np.int32)
-    yield tokens, tokens, np.ones((BATCH, LENGTH), np.float32)
-
-
-def _model_fn(mode='train'):
-  from favor_trax.models import performer_lm  # pylint: disable=import-outside-toplevel
-  # Dropout is off because each device draws its own dropout rng.
-  return performer_lm.PerformerLM(
-      vocab_size=VOCAB, d_model=16, d_ff=32, n_layers=1, n_heads=2,
-      max_len=LENGTH, dropout=0.0, mode=mode)
-
-
 def train(use_memory_efficient_trainer):
-  """Train N_STEPS steps and return (held-out loss, weight arrays)."""
+  """Train the toy model for toy_lm.N_STEPS steps.
+
+  Returns:
+    (held-out loss, weight arrays).
+  """
   from trax import fastmath  # pylint: disable=import-outside-toplevel
   from trax import shapes  # pylint: disable=import-outside-toplevel
-  from favor_trax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
 
-  loop = loop_lib.make_loop(
-      _model_fn, _batches(0), _batches(1), next(_batches(0)), None,
-      total_steps=1000, tokens_per_step=BATCH * LENGTH, warmup_steps=2,
-      steps_per_eval=1000, steps_per_checkpoint=1000,
+  loop = toy_lm.make_loop(
+      toy_lm.random_batches,
       use_memory_efficient_trainer=use_memory_efficient_trainer)
-  loop.run(N_STEPS)
+  loop.run(toy_lm.N_STEPS)
 
   weights = [np.asarray(leaf) for leaf in fastmath.tree_leaves(loop.model.weights)]
-  tokens, targets, _ = next(_batches(2))
-  eval_model = _model_fn(mode='eval')
+  tokens, targets, _ = next(toy_lm.random_batches(2))
+  eval_model = toy_lm.model_fn(mode='eval')
   eval_model.init(shapes.signature(tokens))
   eval_model.weights = loop.model.weights
   eval_model.state = loop.model.state
@@ -78,9 +62,9 @@ def _trainer_weight_devices():
   from trax import shapes  # pylint: disable=import-outside-toplevel
 
   with jax.default_device(jax.devices()[1]):
-    model = tl.Serial(tl.Embedding(VOCAB, 8), tl.Dense(VOCAB), tl.LogSoftmax(),
-                      tl.WeightedCategoryCrossEntropy())
-    batch = next(_batches(0))
+    model = tl.Serial(tl.Embedding(toy_lm.VOCAB, 8), tl.Dense(toy_lm.VOCAB),
+                      tl.LogSoftmax(), tl.WeightedCategoryCrossEntropy())
+    batch = next(toy_lm.random_batches(0))
     model.init(shapes.signature(batch))
     optimizer = optimizers.Adam(0.01)
     optimizer.tree_init(model.weights)
@@ -110,11 +94,11 @@ def _reversible_trainer_outcome():
   try:
     with jax.default_device(accelerator):
       model = tl.Serial(
-          tl.Embedding(VOCAB, 8), tl.Dup(),
+          tl.Embedding(toy_lm.VOCAB, 8), tl.Dup(),
           tl.ReversibleSerial(tl.ReversibleHalfResidual(tl.Dense(8)),
                               tl.ReversibleSwap()),
-          tl.Concatenate(), tl.Dense(VOCAB), tl.LogSoftmax())
-      batch = next(_batches(0))
+          tl.Concatenate(), tl.Dense(toy_lm.VOCAB), tl.LogSoftmax())
+      batch = next(toy_lm.random_batches(0))
       blocks, loss_layer = trainer_lib.extract_reversible_blocks(
           [model, tl.WeightedCategoryCrossEntropy()])
       trainer_lib.init_reversible_blocks(

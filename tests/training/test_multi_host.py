@@ -21,48 +21,27 @@ import pytest
 
 from favor_trax.training import distributed
 
+import toy_lm  # pylint: disable=wrong-import-order
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
-VOCAB = 40
-BATCH = 4
-LENGTH = 16
-N_STEPS = 5
-
-
-def _global_batches(seed):
-  rng = np.random.default_rng(seed)
-  while True:
-    tokens = rng.integers(2, VOCAB, size=(BATCH, LENGTH)).astype(np.int32)
-    yield tokens, tokens, np.ones((BATCH, LENGTH), np.float32)
-
-
-def _model_fn(mode='train'):
-  from favor_trax.models import performer_lm  # pylint: disable=import-outside-toplevel
-  # Dropout is off because each device draws its own dropout rng.
-  return performer_lm.PerformerLM(
-      vocab_size=VOCAB, d_model=16, d_ff=32, n_layers=1, n_heads=2,
-      max_len=LENGTH, dropout=0.0, mode=mode)
 
 
 def train(process_index, process_count):
-  """Train N_STEPS steps on this host's rows.
+  """Train the toy model for toy_lm.N_STEPS steps on this host's rows.
 
   Returns:
     (initial weight arrays, trained weight arrays).
   """
   from trax import fastmath  # pylint: disable=import-outside-toplevel
-  from favor_trax.training import loop as loop_lib  # pylint: disable=import-outside-toplevel
 
   def batches(seed):
-    return distributed.host_batches(_global_batches(seed), process_index,
-                                    process_count)
+    return distributed.host_batches(toy_lm.random_batches(seed),
+                                    process_index, process_count)
 
-  loop = loop_lib.make_loop(
-      _model_fn, batches(0), batches(1), next(batches(0)), None,
-      total_steps=1000, tokens_per_step=BATCH * LENGTH, warmup_steps=2,
-      steps_per_eval=1000, steps_per_checkpoint=1000)
+  loop = toy_lm.make_loop(batches)
   initial = [np.asarray(leaf)
              for leaf in fastmath.tree_leaves(loop.model.weights)]
-  loop.run(N_STEPS)
+  loop.run(toy_lm.N_STEPS)
   trained = [np.asarray(leaf)
              for leaf in fastmath.tree_leaves(loop.model.weights)]
   return initial, trained
@@ -96,20 +75,20 @@ def _read_weights(path):
 
 
 def test_host_batches_partition_global_batch():
-  global_batch = next(_global_batches(0))
+  global_batch = next(toy_lm.random_batches(0))
   parts = [next(distributed.host_batches(iter([global_batch]), index, 2))
            for index in range(2)]
   for array_index, array in enumerate(global_batch):
     np.testing.assert_array_equal(
         np.concatenate([part[array_index] for part in parts]), array)
-  assert parts[0][0].shape == (BATCH // 2, LENGTH)
+  assert parts[0][0].shape == (toy_lm.BATCH // 2, toy_lm.LENGTH)
 
 
 def test_host_batches_rejects_uneven_split():
   with pytest.raises(ValueError, match='does not split evenly over 3 hosts'):
-    next(distributed.host_batches(_global_batches(0), 0, 3))
+    next(distributed.host_batches(toy_lm.random_batches(0), 0, 3))
   with pytest.raises(ValueError, match=r'process_index must be in \[0, 2\)'):
-    next(distributed.host_batches(_global_batches(0), 2, 2))
+    next(distributed.host_batches(toy_lm.random_batches(0), 2, 2))
 
 
 def test_check_batch_size_names_devices():
