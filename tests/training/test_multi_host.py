@@ -99,9 +99,9 @@ def test_check_batch_size_names_devices():
 
 @pytest.mark.skipif(
     not os.environ.get('FAVOR_TRAX_MULTI_PROCESS_TESTS'),
-    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: gloo fails a '
-    'collective when one process lags the other by 30 s, so on a loaded '
-    'machine the two workers can time out or hang')
+    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: the two workers '
+    'can hang in an eager JAX op after the first step, and gloo fails a '
+    'collective when one process lags the other by 30 s')
 def test_two_hosts_match_one_host(tmp_path):
   port = _free_port()
   workers = [
@@ -185,7 +185,8 @@ def test_run_py_rejects_process_id_out_of_range(tmp_path):
 
 @pytest.mark.skipif(
     not os.environ.get('FAVOR_TRAX_MULTI_PROCESS_TESTS'),
-    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: gloo fails a '
+    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: the two hosts '
+    'can hang in an eager JAX op after the first step, and gloo fails a '
     'collective when one process lags the other by 30 s')
 def test_run_py_on_two_hosts_checkpoints_and_evaluates(tmp_path):
   port = _free_port()
