@@ -25,6 +25,14 @@ import toy_lm  # pylint: disable=wrong-import-order
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
+# Marks the tests that start two processes. They run only on request, because
+# the processes can hang in an eager JAX op after the first step, and gloo
+# fails a collective when one process lags the other by 30 s.
+ONLY_WHEN_REQUESTED = pytest.mark.skipif(
+    not os.environ.get('FAVOR_TRAX_MULTI_PROCESS_TESTS'),
+    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run the two-process '
+    'tests, which can hang on a CPU machine')
+
 
 def train(process_index, process_count):
   """Train the toy model for toy_lm.N_STEPS steps on this host's rows.
@@ -97,11 +105,7 @@ def test_check_batch_size_names_devices():
     distributed.check_batch_size(6, 2, 2)
 
 
-@pytest.mark.skipif(
-    not os.environ.get('FAVOR_TRAX_MULTI_PROCESS_TESTS'),
-    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: the two workers '
-    'can hang in an eager JAX op after the first step, and gloo fails a '
-    'collective when one process lags the other by 30 s')
+@ONLY_WHEN_REQUESTED
 def test_two_hosts_match_one_host(tmp_path):
   port = _free_port()
   workers = [
@@ -183,11 +187,7 @@ def test_run_py_rejects_process_id_out_of_range(tmp_path):
   assert '--process_id must be in [0, --num_processes), got' in output
 
 
-@pytest.mark.skipif(
-    not os.environ.get('FAVOR_TRAX_MULTI_PROCESS_TESTS'),
-    reason='set FAVOR_TRAX_MULTI_PROCESS_TESTS=1 to run: the two hosts '
-    'can hang in an eager JAX op after the first step, and gloo fails a '
-    'collective when one process lags the other by 30 s')
+@ONLY_WHEN_REQUESTED
 def test_run_py_on_two_hosts_checkpoints_and_evaluates(tmp_path):
   port = _free_port()
   hosts = [

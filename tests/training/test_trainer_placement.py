@@ -29,8 +29,8 @@ def _batch():
 
 def _clear_jit_caches():
   # A jitted function counts its compilations in JAX's process-wide fast-path
-  # cache, which holds 8,192 functions. Once earlier code has filled it with
-  # live functions, new ones get no entries and `_cache_size()` stays 0.
+  # cache, which has room for 8,192 functions. Once earlier code has filled it
+  # with live functions, new ones get no entries and `_cache_size()` stays 0.
   jax.clear_caches()
 
 
